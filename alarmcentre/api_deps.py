@@ -1,0 +1,54 @@
+"""Dependencies every HTTP route shares: the database session and the authenticated user."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.orm import Session
+
+from alarmcentre.users import service as users
+from alarmcentre.users.models import Role, User
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request: committed when the route returns, rolled back on error."""
+    factory = request.app.state.session_factory
+    with factory() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_user(session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User:
+    user = users.user_for_token(session, token=token) if token else None
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing, expired or invalid token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_roles(*roles: Role) -> Callable[[User], User]:
+    def check(user: CurrentUser) -> User:
+        if user.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"needs role {' or '.join(roles)}")
+        return user
+
+    return check
+
+
+STAFF = (Role.OPERATOR, Role.SUPERVISOR, Role.TECHNICIAN, Role.ADMIN)
+INCIDENT_ROLES = (Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN)
+CLIENT_EDITORS = (Role.SUPERVISOR, Role.ADMIN)
+DEVICE_EDITORS = (Role.TECHNICIAN, Role.ADMIN)

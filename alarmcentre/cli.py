@@ -1,0 +1,210 @@
+"""The `alarmcentre` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from alarmcentre import __version__
+from alarmcentre.config import Settings
+
+log = logging.getLogger("alarmcentre")
+
+EPILOG = """\
+Every option can also be set in the environment: ALARMCENTRE_DATABASE_URL, ALARMCENTRE_MQTT_URL,
+ALARMCENTRE_DATA_DIR, ALARMCENTRE_API_PORT, ALARMCENTRE_BROKER_PORT, ALARMCENTRE_ADMIN_USER,
+ALARMCENTRE_ADMIN_PASSWORD, ALARMCENTRE_LOG_JSON ... (see docs/configuration.md).
+"""
+
+
+def _common(parser: argparse.ArgumentParser, *, api: bool = False, broker: bool = False) -> None:
+    parser.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db "
+                        "(default: SQLite file in the data directory)")
+    parser.add_argument("--data-dir", help="where the SQLite file and embedded broker state live (default: ./data)")
+    parser.add_argument("--log-json", action="store_true", default=None, help="log one JSON object per line")
+    if broker:
+        parser.add_argument("--mqtt-url", help="use this broker (mqtt://user:password@host:port) "
+                            "instead of starting an embedded one")
+        parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"],
+                            help="embedded broker: auto prefers an installed mosquitto binary, else amqtt")
+        parser.add_argument("--broker-port", type=int, help="embedded broker port (default 18830)")
+    if api:
+        parser.add_argument("--host", dest="api_host", help="API address to listen on (default 127.0.0.1)")
+        parser.add_argument("--port", dest="api_port", type=int, help="API port (default 8000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alarmcentre",
+        description="Safety-button alarm monitoring centre: MQTT ingest, incidents, API.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"alarmcentre {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="everything in one process: embedded broker, SQLite, ingest, scheduler, API")
+    _common(up, api=True, broker=True)
+
+    demo = sub.add_parser("demo", help="`up` plus demo clients, devices, staff logins and simulated devices")
+    _common(demo, api=True, broker=True)
+    demo.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
+    demo.add_argument("--press-rate", type=float, default=3.0,
+                      help="button presses per device per hour (default 3: an alarm every ~2 minutes)")
+
+    api = sub.add_parser("api", help="the HTTP API alone (production: several may run)")
+    _common(api, api=True)
+
+    ingest = sub.add_parser("ingest", help="the MQTT ingest alone, against an external broker")
+    _common(ingest)
+    ingest.add_argument("--mqtt-url", help="broker URL (or ALARMCENTRE_MQTT_URL); required")
+    ingest.add_argument("--metrics-port", type=int, help="port of this process's /metrics (default 9101, 0: none)")
+
+    scheduler = sub.add_parser("scheduler", help="the periodic jobs alone")
+    _common(scheduler)
+    scheduler.add_argument("--metrics-port", type=int, help="port of this process's /metrics (default 9101, 0: none)")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_sub.add_parser("upgrade", help="apply all migrations (safe to repeat)")
+    _common(upgrade)
+
+    users = sub.add_parser("users", help="staff accounts")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    create = users_sub.add_parser("create", help="create a user (password from --password-stdin or a prompt)")
+    _common(create)
+    create.add_argument("username")
+    create.add_argument("--role", required=True, choices=["operator", "supervisor", "technician", "admin"])
+    create.add_argument("--full-name", default="")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    names = ("database_url", "data_dir", "log_json", "mqtt_url", "broker", "broker_port", "api_host", "api_port",
+             "metrics_port")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    from alarmcentre.runtime import configure_logging
+
+    configure_logging(settings)
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
+        "db": _cmd_db, "users": _cmd_users,
+    }
+    try:
+        return handlers[args.command](args, settings)
+    except _UsageError as exc:
+        print(f"alarmcentre: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.runtime import run_all_in_one
+
+    return run_all_in_one(settings, demo=args.command == "demo",
+                          demo_devices=getattr(args, "devices", 0), press_rate=getattr(args, "press_rate", 0.0))
+
+
+def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from alarmcentre.app import create_app
+    from alarmcentre.runtime import Database
+
+    db = Database.open(settings)
+    app = create_app(settings=settings, session_factory=db.sessions)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)
+    return 0
+
+
+def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.ingest.consumer import IngestConsumer
+    from alarmcentre.runtime import Database, start_metrics_server
+
+    if not settings.mqtt_url:
+        raise _UsageError("ingest needs a broker: --mqtt-url or ALARMCENTRE_MQTT_URL")
+    db = Database.open(settings)
+    start_metrics_server(settings)
+    consumer = IngestConsumer(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
+                              client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max)
+    consumer.start()
+    _wait_for_signal()
+    consumer.stop()
+    return 0
+
+
+def _cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.runtime import Database, start_metrics_server
+    from alarmcentre.scheduler import build_scheduler
+
+    db = Database.open(settings)
+    start_metrics_server(settings)
+    scheduler = build_scheduler(db.sessions)
+    scheduler.start()
+    _wait_for_signal()
+    scheduler.shutdown(wait=True)
+    return 0
+
+
+def _cmd_db(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.runtime import Database
+
+    Database.open(settings, upgrade=True)
+    print("database is at the latest schema")
+    return 0
+
+
+def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.db import transaction
+    from alarmcentre.runtime import Database
+    from alarmcentre.users import service
+    from alarmcentre.users.models import Role
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise _UsageError("the passwords differ")
+    else:
+        raise _UsageError("no terminal to ask the password on: use --password-stdin")
+    db = Database.open(settings)
+    try:
+        with transaction(db.sessions) as session:
+            user = service.create_user(session, username=args.username, password=password, role=Role(args.role),
+                                       full_name=args.full_name)
+            print(f"created {user.role} {user.username}")
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    stop.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

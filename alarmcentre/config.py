@@ -1,0 +1,53 @@
+"""All settings in one place, read from the environment (prefix ALARMCENTRE_) or CLI options."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+EMBEDDED_BROKER_PORT = 18830  # not 1883: a system Mosquitto often listens there already
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALARMCENTRE_", extra="ignore")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite file, embedded broker state")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
+    mqtt_url: str | None = Field(
+        None, description="External broker, mqtt://user:password@host:port; default: embedded broker"
+    )
+    mqtt_client_id: str = "alarmcentre-ingest"
+    broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    broker_port: int = EMBEDDED_BROKER_PORT
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    metrics_port: int = Field(9101, description="/metrics of a standalone ingest or scheduler process")
+    admin_user: str | None = None
+    admin_password: str | None = None
+    token_ttl_hours: int = 12
+    ingest_batch_max: int = Field(500, ge=1, description="messages committed per transaction at most")
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'alarmcentre.sqlite3').resolve()}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the plain postgresql:// URLs people paste, and use psycopg 3 for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

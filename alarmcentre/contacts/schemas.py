@@ -1,0 +1,40 @@
+"""API shapes of response-plan contacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alarmcentre.clients.models import Language
+from alarmcentre.clients.schemas import Phone
+from alarmcentre.contacts.models import ContactKind
+
+
+class ContactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    kind: ContactKind
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    phone: Phone
+    language: Language = Language.LV
+    has_key: bool = False
+    notes: Annotated[str, Field(max_length=500)] = ""
+
+
+class ContactPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: Annotated[int, Field(ge=0, le=1000)] | None = None
+    kind: ContactKind | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    phone: Phone | None = None
+    language: Language | None = None
+    has_key: bool | None = None
+    notes: Annotated[str, Field(max_length=500)] | None = None
+
+
+class ContactOut(ContactIn):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    client_id: int
+    phone: str

@@ -1,0 +1,70 @@
+"""Devices (the home units) and their append-only signal log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from alarmcentre import clock
+from alarmcentre.db import Base
+from alarmcentre.db_types import BigId, str_enum
+
+
+class DeviceStatus(StrEnum):
+    """Inventory state. Only a retired device is refused by the ingest."""
+
+    IN_STOCK = "in_stock"
+    INSTALLED = "installed"
+    FAULTY = "faulty"
+    IN_REPAIR = "in_repair"
+    RETIRED = "retired"
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(100), default="generic")
+    firmware: Mapped[str | None] = mapped_column(String(64))
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
+    status: Mapped[DeviceStatus] = mapped_column(str_enum(DeviceStatus), default=DeviceStatus.IN_STOCK)
+    battery_level: Mapped[int | None]
+    battery_low: Mapped[bool] = mapped_column(default=False)
+    battery_at: Mapped[datetime | None]
+    mains_power: Mapped[bool | None] = mapped_column(Boolean)  # None: never reported
+    mains_changed_at: Mapped[datetime | None]
+    rssi: Mapped[int | None]
+    last_seen_at: Mapped[datetime | None]
+    online: Mapped[bool] = mapped_column(default=False)
+    online_changed_at: Mapped[datetime | None]
+    heartbeat_interval_s: Mapped[int] = mapped_column(default=60)
+    # Programming state: the centre writes desired, the device reports what it applied.
+    desired_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    desired_config_version: Mapped[int] = mapped_column(default=0)
+    reported_config_version: Mapped[int | None]
+    config_error: Mapped[str | None] = mapped_column(String(500))
+    tamper_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class DeviceEvent(Base):
+    """Every accepted device signal, once: (device, seq) is the deduplication key."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    committed_at: Mapped[datetime] = mapped_column(default=clock.now)
+    clock_skewed: Mapped[bool] = mapped_column(default=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), index=True)

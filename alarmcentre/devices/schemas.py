@@ -1,0 +1,72 @@
+"""API shapes of devices and their signal log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alarmcentre.devices.models import DeviceStatus
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
+
+Serial = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", description="letters, digits, - and _")]
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    serial: Serial
+    model: Annotated[str, Field(min_length=1, max_length=100)] = "generic"
+    firmware: Annotated[str, Field(max_length=64)] | None = None
+    heartbeat_interval_s: Annotated[int, Field(ge=10, le=90_000)] = 60
+    status: DeviceStatus = DeviceStatus.IN_STOCK
+    client_id: int | None = None
+
+
+class DevicePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    firmware: Annotated[str, Field(max_length=64)] | None = None
+    heartbeat_interval_s: Annotated[int, Field(ge=10, le=90_000)] | None = None
+    status: DeviceStatus | None = None
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    client_id: int | None = Field(description="the client to assign to; null takes the device back")
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    serial: str
+    model: str
+    firmware: str | None
+    client_id: int | None
+    status: DeviceStatus
+    battery_level: int | None
+    battery_low: bool
+    battery_at: datetime | None
+    mains_power: bool | None
+    mains_changed_at: datetime | None
+    rssi: int | None
+    last_seen_at: datetime | None
+    online: bool
+    heartbeat_interval_s: int
+    desired_config: dict[str, Any]
+    desired_config_version: int
+    reported_config_version: int | None
+    config_error: str | None
+    tamper_at: datetime | None
+
+
+class DeviceEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    seq: int
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    clock_skewed: bool
+    details: dict[str, Any]
+    incident_id: int | None

@@ -1,0 +1,79 @@
+"""Incidents and their append-only timelines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from alarmcentre import clock
+from alarmcentre.db import Base
+from alarmcentre.db_types import BigId, str_enum
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class IncidentKind(StrEnum):
+    BUTTON_PRESS = "button_press"
+    PULL_CORD = "pull_cord"
+    FALL_DETECTED = "fall_detected"
+
+
+class TimelineKind(StrEnum):
+    OPENED = "opened"
+    SIGNAL = "signal"  # a further alarm signal while the incident was active
+    CANCEL = "cancel"  # the client pressed cancel on the device
+    ACKNOWLEDGED = "acknowledged"
+    NOTE = "note"
+    RESOLVED = "resolved"
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[IncidentKind] = mapped_column(str_enum(IncidentKind))
+    priority: Mapped[int]  # 1 is the most urgent
+    status: Mapped[IncidentStatus] = mapped_column(
+        str_enum(IncidentStatus), default=IncidentStatus.OPEN, index=True
+    )
+    # "client:<id>" (or "device:<id>" for an unassigned device) while not resolved, else
+    # NULL: a unique column, so two ingest workers can never open two incidents for one person.
+    active_key: Mapped[str | None] = mapped_column(String(40), unique=True)
+    opened_at: Mapped[datetime] = mapped_column(default=clock.now)
+    last_signal_at: Mapped[datetime] = mapped_column(default=clock.now)
+    signal_count: Mapped[int] = mapped_column(default=1)
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    outcome: Mapped[str | None] = mapped_column(String(64))
+
+    timeline: Mapped[list[TimelineEntry]] = relationship(
+        order_by="TimelineEntry.id", back_populates="incident", lazy="raise"
+    )
+
+
+class TimelineEntry(Base):
+    """Append-only: entries are added, never changed or deleted."""
+
+    __tablename__ = "incident_timeline"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=clock.now)
+    kind: Mapped[TimelineKind] = mapped_column(str_enum(TimelineKind))
+    actor: Mapped[str] = mapped_column(String(100))  # "device:SERIAL", "user:NAME", "system"
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    incident: Mapped[Incident] = relationship(back_populates="timeline")

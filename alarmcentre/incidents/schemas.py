@@ -1,0 +1,42 @@
+"""API shapes of incidents and their timelines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from alarmcentre.incidents.models import IncidentKind, IncidentStatus, TimelineKind
+
+
+class TimelineEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: datetime
+    kind: TimelineKind
+    actor: str
+    user_id: int | None
+    details: dict[str, Any]
+
+
+class IncidentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    client_id: int | None
+    device_id: int | None
+    kind: IncidentKind
+    priority: int
+    status: IncidentStatus
+    opened_at: datetime
+    last_signal_at: datetime
+    signal_count: int
+    acknowledged_at: datetime | None
+    acknowledged_by: int | None
+    resolved_at: datetime | None
+    resolved_by: int | None
+    outcome: str | None
+
+
+class IncidentDetailOut(IncidentOut):
+    timeline: list[TimelineEntryOut]

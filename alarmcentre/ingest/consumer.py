@@ -1,0 +1,257 @@
+"""The MQTT side of the ingest: receive, hand to the processor in batches, commit, then acknowledge.
+
+Why paho-mqtt and not aiomqtt: paho has manual acknowledgement (`manual_ack=True`),
+so a PUBACK leaves only after the message's effect is committed. aiomqtt acknowledges
+on receipt and its bounded queue drops silently when full; either loses alarms on a crash.
+
+Threads: paho's network loop thread puts messages on a queue; one worker thread drains
+it in batches, commits each batch in one transaction, and acknowledges the batch. The
+broker's in-flight window (unacknowledged QoS 1 messages per client) bounds the queue:
+when the worker falls behind, the broker holds messages back (backpressure, no buffering
+without limit). If the database is down the worker keeps retrying the same batch and
+acknowledges nothing, so the broker keeps every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from alarmcentre import clock, metrics
+from alarmcentre.db import transaction
+from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, process_message
+from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 20_000  # only reached if the broker ignores its in-flight limit; then paho's thread blocks
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> MqttEndpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url.split('://')[0]!r}")
+        if not parts.hostname:
+            raise ValueError("MQTT URL has no host")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+    def safe(self) -> str:
+        """For logs: never the password."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    message: InboundMessage
+    mid: int
+    qos: int
+    generation: int  # which connection it came on: a mid is only valid on its own connection
+
+
+class IngestConsumer:
+    """Consumes device messages from the broker into the database, at least once, deduplicated."""
+
+    def __init__(
+        self,
+        *,
+        mqtt_url: str,
+        session_factory: sessionmaker[Session],
+        client_id: str = "alarmcentre-ingest",
+        batch_max: int = 500,
+        on_committed: Callable[[list[Result]], None] | None = None,
+    ) -> None:
+        self.endpoint = MqttEndpoint.parse(mqtt_url)
+        self._factory = session_factory
+        self._batch_max = batch_max
+        self._on_committed = on_committed
+        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._stop = threading.Event()
+        self._generation = 0
+        self._connected = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.database_ok = True
+        self.last_commit_at: float | None = None
+
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,  # persistent session: the broker queues for us while we are away
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if self.endpoint.username:
+            self._client.username_pw_set(self.endpoint.username, self.endpoint.password)
+        if self.endpoint.tls:
+            self._client.tls_set()
+        self._client.reconnect_delay_set(min_delay=1, max_delay=15)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info("ingest: connecting to %s as %s", self.endpoint.safe(), self._client._client_id.decode())
+        metrics.BROKER_CONNECTED.set(0)
+        metrics.DATABASE_UP.set(1)
+        self._worker = threading.Thread(target=self._work, name="ingest-worker", daemon=True)
+        self._worker.start()
+        # connect_async + loop_start: paho retries the first connection and every later one.
+        self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, then disconnect. Unacknowledged messages stay with the broker."""
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        metrics.BROKER_CONNECTED.set(0)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: object, _properties: object) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.error("ingest: broker refused the connection: %s", reason_code)
+            return
+        self._generation += 1
+        self._connected.set()
+        metrics.BROKER_CONNECTED.set(1)
+        log.info("ingest: connected to %s (session present: %s)", self.endpoint.safe(), flags.session_present)
+        if not flags.session_present:
+            # A new session: subscribe. An existing one keeps its subscriptions, and
+            # re-subscribing would replay every device's retained status for nothing.
+            client.subscribe([(EVENTS_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
+                       reason_code: object, _properties: object) -> None:
+        self._connected.clear()
+        metrics.BROKER_CONNECTED.set(0)
+        if not self._stop.is_set():
+            metrics.BROKER_DISCONNECTS.inc()
+            log.warning("ingest: lost the broker (%s); reconnecting by itself", reason_code)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        metrics.MESSAGES_RECEIVED.inc()
+        received = _Received(
+            InboundMessage(topic=msg.topic, payload=bytes(msg.payload), received_at=clock.now()),
+            mid=msg.mid,
+            qos=msg.qos,
+            generation=self._generation,
+        )
+        self._queue.put(received)  # blocks only past QUEUE_LIMIT: backpressure onto the socket
+        metrics.INGEST_QUEUE.set(self._queue.qsize())
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self._batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            results = self._commit_with_retry(batch)
+            if results is None:
+                return  # stopping while the database is down: the broker keeps the batch
+            self._acknowledge(batch)
+            self._record(batch, results)
+
+    def _commit_with_retry(self, batch: list[_Received]) -> list[Result] | None:
+        delay = 0.5
+        while True:
+            try:
+                with transaction(self._factory) as session:
+                    results = [process_message(session, message=item.message) for item in batch]
+                if not self.database_ok:
+                    log.warning("ingest: database is back; committed %d held messages", len(batch))
+                self.database_ok = True
+                metrics.DATABASE_UP.set(1)
+                return results
+            except DBAPIError as exc:
+                self.database_ok = False
+                metrics.DATABASE_UP.set(0)
+                metrics.DATABASE_ERRORS.inc()
+                log.error("ingest: cannot commit %d messages (%s); retrying in %.1fs, nothing acknowledged",
+                          len(batch), type(exc.orig or exc).__name__, delay)
+            if self._stop.wait(delay):
+                return None
+            delay = min(delay * 2, 15.0)
+
+    def _acknowledge(self, batch: list[_Received]) -> None:
+        generation = self._generation
+        for item in batch:
+            # A message from an earlier connection is redelivered by the broker on this one;
+            # its old mid now means something else, so it must not be acknowledged.
+            if item.qos > 0 and item.generation == generation:
+                self._client.ack(item.mid, item.qos)
+
+    def _record(self, batch: list[_Received], results: list[Result]) -> None:
+        now = clock.now()
+        self.last_commit_at = time.time()
+        metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
+        metrics.INGEST_QUEUE.set(self._queue.qsize())
+        for item, result in zip(batch, results, strict=True):
+            metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
+            if result.outcome is Outcome.ACCEPTED:
+                metrics.MESSAGES_ACCEPTED.labels(result.kind).inc()
+                if result.clock_skewed:
+                    metrics.CLOCK_SKEWED_ALARMS.inc()
+                if result.incident_opened is not None:
+                    metrics.INCIDENTS_RAISED.labels(result.kind).inc()
+                    log.info("ingest: incident %d opened (%s)", result.incident_opened, result.kind)
+            elif result.outcome is Outcome.DUPLICATE:
+                metrics.MESSAGES_DUPLICATE.inc()
+            else:
+                metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
+                log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
+        if self._on_committed is not None:
+            try:
+                self._on_committed(results)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("ingest: on_committed listener failed")

@@ -1,0 +1,38 @@
+"""Prometheus metrics of every part, in one registry (the default one)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_RECEIVED = Counter("alarmcentre_ingest_messages_received_total", "MQTT messages received by the ingest")
+MESSAGES_ACCEPTED = Counter(
+    "alarmcentre_ingest_messages_accepted_total", "Messages whose effect was committed", ["type"]
+)
+MESSAGES_REJECTED = Counter(
+    "alarmcentre_ingest_messages_rejected_total", "Messages refused and dead-lettered", ["reason"]
+)
+MESSAGES_DUPLICATE = Counter(
+    "alarmcentre_ingest_duplicates_total", "Redelivered messages dropped by (device, seq)"
+)
+CLOCK_SKEWED_ALARMS = Counter(
+    "alarmcentre_ingest_clock_skewed_alarms_total", "Alarms accepted despite a device clock running ahead"
+)
+INCIDENTS_RAISED = Counter("alarmcentre_incidents_raised_total", "Incidents opened", ["kind"])
+INGEST_LAG = Histogram(
+    "alarmcentre_ingest_lag_seconds",
+    "From receipt by the ingest to commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+INGEST_LAST_COMMIT = Gauge(
+    "alarmcentre_ingest_last_commit_timestamp_seconds", "Unix time of the ingest's last committed batch"
+)
+INGEST_QUEUE = Gauge("alarmcentre_ingest_queue_depth", "Messages received, not yet committed")
+BROKER_CONNECTED = Gauge("alarmcentre_broker_connected", "1 while the ingest is connected to the broker")
+BROKER_DISCONNECTS = Counter("alarmcentre_broker_disconnects_total", "Lost broker connections")
+DATABASE_UP = Gauge("alarmcentre_ingest_database_up", "0 while the ingest cannot commit to the database")
+DATABASE_ERRORS = Counter("alarmcentre_ingest_database_errors_total", "Failed batch commits (retried)")
+OPEN_INCIDENTS = Gauge("alarmcentre_open_incidents", "Incidents not yet resolved", ["status"])
+DEVICES_ONLINE = Gauge("alarmcentre_devices_online", "Devices whose last status is online")
+SCHEDULER_LAST_RUN = Gauge(
+    "alarmcentre_scheduler_last_run_timestamp_seconds", "Unix time a scheduler job last finished", ["job"]
+)

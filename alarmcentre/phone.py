@@ -1,0 +1,20 @@
+"""Phone numbers: normalised to E.164 (+37120000000) at the edge, so SMS and look-ups agree."""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_COUNTRY_CODE = "371"  # Latvia
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def normalise_phone(raw: str) -> str:
+    """'+371 2000 0000', '20000000', '00371 20000000' → '+37120000000'; anything else is an error."""
+    digits = re.sub(r"[\s\-().]", "", raw)
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    elif not digits.startswith("+") and len(digits) == 8:
+        digits = f"+{DEFAULT_COUNTRY_CODE}{digits}"  # a local Latvian number
+    if not _E164.match(digits):
+        raise ValueError(f"not a phone number in international form: {raw!r}")
+    return digits

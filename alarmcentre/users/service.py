@@ -1,0 +1,82 @@
+"""Accounts, argon2 password hashing and opaque bearer tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alarmcentre import clock
+from alarmcentre.users.models import ApiToken, Role, User
+
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so a wrong username costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("no such user")
+MIN_PASSWORD_LENGTH = 8
+
+
+class UserExists(ValueError):
+    pass
+
+
+def create_user(session: Session, *, username: str, password: str, role: Role, full_name: str = "") -> User:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise UserExists(f"user {username!r} exists already")
+    user = User(username=username, password_hash=_hasher.hash(password), role=role, full_name=full_name)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def ensure_admin(session: Session, *, username: str, password: str) -> User:
+    """The first admin from the environment; an existing user of that name is left as it is."""
+    existing = session.scalar(select(User).where(User.username == username))
+    if existing is not None:
+        return existing
+    return create_user(session, username=username, password=password, role=Role.ADMIN, full_name="Administrator")
+
+
+def authenticate(session: Session, *, username: str, password: str) -> User | None:
+    user = session.scalar(select(User).where(User.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or not user.active:
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    return user
+
+
+def issue_token(session: Session, *, user: User, ttl: timedelta) -> str:
+    token = secrets.token_urlsafe(32)
+    session.add(ApiToken(token_hash=_digest(token), user_id=user.id, expires_at=clock.now() + ttl))
+    return token
+
+
+def user_for_token(session: Session, *, token: str) -> User | None:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    if row is None or row.revoked_at is not None or row.expires_at <= clock.now():
+        return None
+    user = session.get(User, row.user_id)
+    return user if user is not None and user.active else None
+
+
+def revoke_token(session: Session, *, token: str) -> bool:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = clock.now()
+    return True
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -22,7 +22,7 @@ CENTRE_USER = "alarmcentre"
 # The simulator plays many devices over this one username, so it may act for any device.
 DEMO_DEVICE_USER = "device"
 
-Access = Literal["read", "write", "subscribe"]
+Access = Literal["read", "write"]
 
 _GRANTS: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
@@ -105,29 +105,25 @@ class Acl:
         return acl
 
     def allows(self, username: str | None, client_id: str | None, topic: str, access: Access) -> bool:
-        """May this client read/write `topic`, or (access="subscribe") subscribe with the filter `topic`?"""
+        """May this client publish to (write) or receive from (read) the topic name `topic`?
+
+        There is no subscribe check: Mosquitto 2.0.11 grants every SUBSCRIBE and applies the
+        read rules to each message it would deliver (measured, docs/brokers.md), and so do we.
+        """
         if not username:
             return False
         rules = list(self.user_rules.get(username, []))
-        # Never substitute names that contain wildcards or level separators: a username
-        # like "+" would otherwise be granted every device's topics.
-        if not _has_wildcard(username) and not _has_wildcard(client_id or ""):
-            rules += [
-                _Rule(r.grants, r.filter.replace("%u", username).replace("%c", client_id or ""), True)
-                for r in self.pattern_rules
-            ]
-        for rule in rules:
-            if access == "subscribe":
-                # A subscription is allowed when every topic it can match is readable.
-                if "read" in rule.grants and filter_covers(rule.filter, topic):
-                    return True
-            elif access in rule.grants and topic_matches(topic, rule.filter):
-                return True
-        return False
+        for r in self.pattern_rules:
+            # Never substitute a name holding wildcards or separators: a username "+" would
+            # otherwise be granted every device's topics.
+            if ("%u" in r.filter and _unsafe(username)) or ("%c" in r.filter and _unsafe(client_id or "")):
+                continue
+            rules.append(_Rule(r.grants, r.filter.replace("%u", username).replace("%c", client_id or ""), True))
+        return any(access in rule.grants and topic_matches(topic, rule.filter) for rule in rules)
 
 
-def _has_wildcard(name: str) -> bool:
-    return "+" in name or "#" in name or "/" in name
+def _unsafe(name: str) -> bool:
+    return not name or "+" in name or "#" in name or "/" in name
 
 
 def topic_matches(topic: str, topic_filter: str) -> bool:
@@ -140,17 +136,3 @@ def topic_matches(topic: str, topic_filter: str) -> bool:
             return False
     return len(t) == len(f)
 
-
-def filter_covers(outer: str, inner: str) -> bool:
-    """True when every topic matched by the filter `inner` is also matched by `outer`."""
-    o, i = outer.split("/"), inner.split("/")
-    for n, level in enumerate(o):
-        if level == "#":
-            return True
-        if n >= len(i) or i[n] == "#":
-            return False
-        if level == "+":
-            continue
-        if i[n] != level:  # also refuses inner '+' under a literal level
-            return False
-    return len(o) == len(i)

@@ -1,0 +1,56 @@
+"""Small builders of test data and device messages."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from itertools import count
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from alarmcentre import clock
+from alarmcentre.clients.models import Client
+from alarmcentre.db import transaction
+from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.ingest.processor import InboundMessage
+from alarmcentre.ingest.protocol import events_topic
+from alarmcentre.municipalities.models import Municipality
+
+_names = count(1)
+
+
+def make_client(session: Session, *, care_level: int = 2, name: str | None = None) -> Client:
+    municipality = session.query(Municipality).first()
+    if municipality is None:
+        municipality = Municipality(name="Testa novads")
+        session.add(municipality)
+        session.flush()
+    client = Client(municipality_id=municipality.id, full_name=name or f"Client {next(_names)}",
+                    address="Testa iela 1", care_level=care_level)
+    session.add(client)
+    session.flush()
+    return client
+
+
+def make_device(session: Session, serial: str, *, client: Client | None = None,
+                status: DeviceStatus | None = None) -> Device:
+    device = Device(serial=serial, client_id=client.id if client else None,
+                    status=status or (DeviceStatus.INSTALLED if client else DeviceStatus.IN_STOCK))
+    session.add(device)
+    session.flush()
+    return device
+
+
+def setup_devices(factory: sessionmaker[Session], serials: list[str], *, care_level: int = 2) -> None:
+    """One client per device, each device installed."""
+    with transaction(factory) as session:
+        for serial in serials:
+            make_device(session, serial, client=make_client(session, care_level=care_level))
+
+
+def event_payload(seq: int, type_: str = "button_press", *, ts: datetime | None = None, **fields: object) -> bytes:
+    return json.dumps({"seq": seq, "ts": (ts or datetime.now(UTC)).isoformat(), "type": type_, **fields}).encode()
+
+
+def message(serial: str, seq: int, type_: str = "button_press", **fields: object) -> InboundMessage:
+    return InboundMessage(events_topic(serial), event_payload(seq, type_, **fields), clock.now())

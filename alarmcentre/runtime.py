@@ -95,70 +95,97 @@ def start_metrics_server(settings: Settings) -> None:
         log.info("metrics on http://%s:%d/metrics", settings.api_host, settings.metrics_port)
 
 
+class Centre:
+    """Every part in one process (what `alarmcentre up` runs): broker unless external, ingest,
+    scheduler, and the API app (served by the caller). start() and stop() are safe to call once each."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db: Database | None = None
+        self.mqtt_url: str | None = settings.mqtt_url
+        self.device_url: str | None = None  # login for simulated devices on the embedded broker
+        self.broker: Any = None
+        self.consumer: Any = None
+        self.app: Any = None
+        self._stack: list[tuple[str, Any]] = []
+
+    def start(self) -> Centre:
+        from alarmcentre.app import create_app
+        from alarmcentre.ingest.consumer import IngestConsumer
+        from alarmcentre.scheduler import build_scheduler
+
+        settings = self.settings
+        self.db = db = Database.open(settings)
+        self._stack.append(("database", db.engine.dispose))
+        if not self.mqtt_url:
+            from alarmcentre.broker import BrokerUser, start_embedded_broker
+
+            creds = BrokerCredentials.load_or_create(settings.data_dir)
+            self.broker = start_embedded_broker(
+                kind=settings.broker, data_dir=(settings.data_dir / "broker").resolve(), port=settings.broker_port,
+                users=[BrokerUser(name, password) for name, password in creds.passwords.items()],
+            )
+            self._stack.append(("broker", self.broker.stop))
+            self.mqtt_url = creds.url(CENTRE_MQTT_USER, self.broker.host, self.broker.port)
+            self.device_url = creds.url(DEMO_DEVICE_MQTT_USER, self.broker.host, self.broker.port)
+
+        self.consumer = consumer = IngestConsumer(
+            mqtt_url=self.mqtt_url, session_factory=db.sessions, client_id=settings.mqtt_client_id,
+            batch_max=settings.ingest_batch_max,
+        )
+        consumer.start()
+        self._stack.append(("ingest", consumer.stop))
+        scheduler = build_scheduler(db.sessions)
+        scheduler.start()
+        self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
+        self.app = create_app(settings=settings, session_factory=db.sessions, health_checks={
+            "broker": lambda: None if consumer.connected else "ingest not connected to the broker",
+            "ingest": lambda: None if consumer.database_ok else "ingest cannot commit to the database",
+        })
+        return self
+
+    def on_stop(self, name: str, stop: Any) -> None:
+        self._stack.append((name, stop))
+
+    def stop(self) -> None:
+        while self._stack:
+            name, stop = self._stack.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+
+
 def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int = 0, press_rate: float = 0.0) -> int:
     """`alarmcentre up` / `demo`: every part in this process, stopped together on Ctrl-C."""
     import uvicorn
 
-    from alarmcentre.app import create_app
-    from alarmcentre.ingest.consumer import IngestConsumer
-    from alarmcentre.scheduler import build_scheduler
-
-    db = Database.open(settings)
-    stack: list[tuple[str, Any]] = []
+    centre = Centre(settings)
     try:
-        device_url: str | None = None
-        mqtt_url = settings.mqtt_url
-        if not mqtt_url:
-            from alarmcentre.broker import BrokerUser, start_embedded_broker
-
-            creds = BrokerCredentials.load_or_create(settings.data_dir)
-            broker = start_embedded_broker(
-                kind=settings.broker, data_dir=(settings.data_dir / "broker").resolve(), port=settings.broker_port,
-                users=[BrokerUser(name, password) for name, password in creds.passwords.items()],
-            )
-            stack.append(("broker", broker.stop))
-            mqtt_url = creds.url(CENTRE_MQTT_USER, broker.host, broker.port)
-            device_url = creds.url(DEMO_DEVICE_MQTT_USER, broker.host, broker.port)
-
-        consumer = IngestConsumer(mqtt_url=mqtt_url, session_factory=db.sessions,
-                                  client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max)
-        consumer.start()
-        stack.append(("ingest", consumer.stop))
-        scheduler = build_scheduler(db.sessions)
-        scheduler.start()
-        stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
-
+        centre.start()
+        assert centre.db is not None and centre.mqtt_url is not None
         if demo:
             from alarmcentre.demo import DEMO_USERS, seed_demo, start_demo_fleet
 
-            serials = seed_demo(db.sessions, devices=demo_devices)
-            if not consumer.wait_connected(15):
+            serials = seed_demo(centre.db.sessions, devices=demo_devices)
+            if not centre.consumer.wait_connected(15):
                 log.error("the ingest did not connect to the broker within 15 s; the simulator starts anyway")
-            fleet = start_demo_fleet(device_url or mqtt_url, serials, press_rate=press_rate)
-            stack.append(("simulator", fleet.stop))
-
-        app = create_app(settings=settings, session_factory=db.sessions, health_checks={
-            "broker": lambda: None if consumer.connected else "ingest not connected to the broker",
-            "ingest": lambda: None if consumer.database_ok else "ingest cannot commit to the database",
-        })
+            fleet = start_demo_fleet(centre.device_url or centre.mqtt_url, serials, press_rate=press_rate)
+            centre.on_stop("simulator", fleet.stop)
         base = f"http://{settings.api_host}:{settings.api_port}"
         lines = [f"alarmcentre {'demo ' if demo else ''}is starting",
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
                  f"  database:   {settings.resolved_database_url()}"]
-        if device_url:
-            lines.append(f"  devices connect to: {device_url}   (simulator: alarmcentre-sim run --url '{device_url}')")
+        if centre.device_url:
+            lines.append(f"  devices connect to: {centre.device_url}")
+            lines.append(f"  simulator:  alarmcentre-sim run --url '{centre.device_url}' --prefix DEMO-")
         if demo:
             lines.append("  demo logins: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))
         elif not (settings.admin_user and settings.admin_password):
             lines.append("  no admin configured: set ALARMCENTRE_ADMIN_USER and ALARMCENTRE_ADMIN_PASSWORD, "
                          "or run `alarmcentre users create NAME --role admin`")
         print("\n".join(lines), flush=True)
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)
+        uvicorn.run(centre.app, host=settings.api_host, port=settings.api_port, log_config=None)
     finally:
-        for name, stop in reversed(stack):
-            try:
-                stop()
-            except Exception:
-                log.exception("stopping %s failed", name)
-        db.engine.dispose()
+        centre.stop()
     return 0

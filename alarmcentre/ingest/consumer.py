@@ -114,6 +114,7 @@ class IngestConsumer:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,6 +163,14 @@ class IngestConsumer:
             # A new session: subscribe. An existing one keeps its subscriptions, and
             # re-subscribing would replay every device's retained status for nothing.
             client.subscribe([(EVENTS_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
+                      reason_codes: list[object], _properties: object) -> None:
+        failed = [code for code in reason_codes if getattr(code, "is_failure", False)]
+        if failed:
+            log.error("ingest: the broker refused the subscription to device topics: %s", failed)
+        else:
+            log.info("ingest: subscribed to device events and statuses")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                        reason_code: object, _properties: object) -> None:

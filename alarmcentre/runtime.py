@@ -34,6 +34,9 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Routine chatter (every job run, every HTTP request) would bury what operators must see.
+    for noisy in ("apscheduler", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -102,11 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
         "db": _cmd_db, "users": _cmd_users,
     }
+    from sqlalchemy.exc import OperationalError
+
+    from alarmcentre.broker import BrokerError
+
     try:
         return handlers[args.command](args, settings)
-    except _UsageError as exc:
+    except (_UsageError, BrokerError) as exc:
         print(f"alarmcentre: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:
+        from sqlalchemy.engine import make_url
+
+        where = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
+        print(f"alarmcentre: cannot use the database {where}: {exc.orig}", file=sys.stderr)
+        return 1
 
 
 class _UsageError(Exception):

@@ -320,3 +320,23 @@ def test_sigkill_of_the_ingest_mid_burst_loses_nothing_and_duplicates_nothing(
 
 def _connected_once(log_path: Path) -> bool:
     return log_path.exists() and "subscribed to device events" in log_path.read_text()
+
+
+def test_ingest_reconnects_by_itself_when_the_broker_restarts(
+    postgres_db: Database, mosquitto: MosquittoProcess, consumer_on: IngestConsumer
+) -> None:
+    setup_devices(postgres_db.sessions, ["RE-1"])
+    disconnects = metric("alarmcentre_broker_disconnects_total")
+    mosquitto.stop()
+    wait_until(lambda: not consumer_on.connected, timeout=10)
+    assert metric("alarmcentre_broker_connected") == 0
+    assert metric("alarmcentre_broker_disconnects_total") == disconnects + 1
+    mosquitto.start()
+    wait_until(lambda: consumer_on.connected, timeout=30, step=0.1)
+    assert metric("alarmcentre_broker_connected") == 1
+    publisher = Publisher(mosquitto.url)
+    try:
+        publisher.publish(events_topic("RE-1"), event_payload(1, "button_press"))
+    finally:
+        publisher.close()
+    wait_until(lambda: count(postgres_db, Incident) == 1, timeout=5)

@@ -19,7 +19,7 @@ log = logging.getLogger("alarmcentre")
 EPILOG = """\
 Every option can also be set in the environment: ALARMCENTRE_DATABASE_URL, ALARMCENTRE_MQTT_URL,
 ALARMCENTRE_DATA_DIR, ALARMCENTRE_API_PORT, ALARMCENTRE_BROKER_PORT, ALARMCENTRE_ADMIN_USER,
-ALARMCENTRE_ADMIN_PASSWORD, ALARMCENTRE_LOG_JSON ... (see docs/configuration.md).
+ALARMCENTRE_ADMIN_PASSWORD, ALARMCENTRE_LOG_JSON ... (see the README, "Configuration").
 """
 
 

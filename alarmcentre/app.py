@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
 from alarmcentre.users.views import router as auth_router
 
+log = logging.getLogger(__name__)
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
 # A named check: returns None when healthy, else what is wrong.
@@ -85,13 +87,14 @@ def _database_check(factory: sessionmaker[Session]) -> str | None:
 def _refresh_incident_gauges(factory: sessionmaker[Session]) -> None:
     try:
         with factory() as session:
-            counts = dict(
-                session.execute(
-                    select(Incident.status, func.count()).where(Incident.status != IncidentStatus.RESOLVED)
-                    .group_by(Incident.status)
-                ).tuples()
-            )
-    except Exception:
-        return  # the database check and the ingest's own gauges tell that story
+            rows = session.execute(
+                select(Incident.status, func.count()).where(Incident.status != IncidentStatus.RESOLVED)
+                .group_by(Incident.status)
+            ).all()
+        counts = {status: number for status, number in rows}
+    except Exception as exc:
+        # /metrics must still answer; the database health check tells the rest.
+        log.warning("metrics: could not count open incidents: %r", exc)
+        return
     for status in (IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED):
         metrics.OPEN_INCIDENTS.labels(status.value).set(counts.get(status, 0))

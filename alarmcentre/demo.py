@@ -63,7 +63,8 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int) -> list[str]:
 def _demo_client(session: Session, municipality_id: int, index: int) -> Client:
     name = _NAMES[index % len(_NAMES)] + (f" {index // len(_NAMES) + 1}" if index >= len(_NAMES) else "")
     client = Client(
-        municipality_id=municipality_id, full_name=name, birth_date=date(1930 + index % 25, 1 + index % 12, 1 + index % 28),
+        municipality_id=municipality_id, full_name=name,
+        birth_date=date(1930 + index % 25, 1 + index % 12, 1 + index % 28),
         address=f"{_STREETS[index % len(_STREETS)]} {index + 3}-{index % 40 + 1}, Rīga", phone=f"+3712{index:07d}",
         language=Language.LV if index % 4 else Language.EN, care_level=1 + index % 4,
     )

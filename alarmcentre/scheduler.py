@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 def refresh_fleet_gauges(factory: sessionmaker[Session]) -> None:
     with factory() as session:
         online = session.scalar(
-            select(func.count()).select_from(Device).where(Device.online.is_(True), Device.status != DeviceStatus.RETIRED)
+            select(func.count()).select_from(Device)
+            .where(Device.online.is_(True), Device.status != DeviceStatus.RETIRED)
         )
     metrics.DEVICES_ONLINE.set(online or 0)
 

@@ -27,7 +27,9 @@ from alarmcentre.migrate import upgrade
 from alarmcentre.runtime import Database
 
 REPO = Path(__file__).resolve().parent.parent
-MOSQUITTO_CONF = Path(os.environ.get("ALARMCENTRE_TEST_MOSQUITTO_CONF", REPO / "config" / "mosquitto" / "mosquitto.conf"))
+MOSQUITTO_CONF = Path(
+    os.environ.get("ALARMCENTRE_TEST_MOSQUITTO_CONF", REPO / "config" / "mosquitto" / "mosquitto.conf")
+)
 POSTGRES_ADMIN_URL = os.environ.get("ALARMCENTRE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from alarmcentre.clients.models import ClientStatus, Language
-from alarmcentre.phone import normalise_phone
+from alarmcentre.schemas import Id, InputModel, Phone
 
-Phone = Annotated[str, Field(max_length=32), AfterValidator(normalise_phone)]
 CareLevel = Annotated[int, Field(ge=1, le=4)]
 
 
-class ClientIn(BaseModel):
+class ClientIn(InputModel):
     model_config = ConfigDict(extra="forbid")
-    municipality_id: int
+    municipality_id: Id
     full_name: Annotated[str, Field(min_length=1, max_length=200)]
     birth_date: date | None = None
     address: Annotated[str, Field(min_length=1, max_length=300)]
@@ -27,9 +26,9 @@ class ClientIn(BaseModel):
     medical_notes: Annotated[str, Field(max_length=5000)] = ""
 
 
-class ClientPatch(BaseModel):
+class ClientPatch(InputModel):
     model_config = ConfigDict(extra="forbid")
-    municipality_id: int | None = None
+    municipality_id: Id | None = None
     full_name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     birth_date: date | None = None
     address: Annotated[str, Field(min_length=1, max_length=300)] | None = None

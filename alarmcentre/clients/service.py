@@ -33,12 +33,13 @@ def create_client(session: Session, *, data: ClientIn) -> Client:
 
 def update_client(session: Session, *, client: Client, patch: ClientPatch) -> Client:
     changes = patch.model_dump(exclude_unset=True)
-    if "municipality_id" in changes:
-        _check_municipality(session, changes["municipality_id"])
     for name, value in changes.items():
         if value is None and name in {"municipality_id", "full_name", "address", "language", "care_level", "status"}:
             raise ValueError(f"{name} cannot be empty")
-        setattr(client, name, value)
+    if "municipality_id" in changes:
+        _check_municipality(session, changes["municipality_id"])
+    for name, value in changes.items():
+        setattr(client, name, "" if name == "medical_notes" and value is None else value)
     session.flush()
     return client
 
@@ -74,6 +75,6 @@ def update_contact(session: Session, *, contact: Contact, patch: ContactPatch) -
     for name, value in patch.model_dump(exclude_unset=True).items():
         if value is None and name != "notes":
             raise ValueError(f"{name} cannot be empty")
-        setattr(contact, name, value)
+        setattr(contact, name, "" if value is None else value)  # null notes are cleared
     session.flush()
     return contact

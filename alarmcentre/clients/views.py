@@ -12,6 +12,7 @@ from alarmcentre.clients.models import Client, ClientStatus
 from alarmcentre.clients.schemas import ClientIn, ClientOut, ClientPatch
 from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactIn, ContactOut
+from alarmcentre.schemas import MAX_ID, NO_NUL, Id
 from alarmcentre.users.models import User
 
 router = APIRouter(prefix="/api/v1/clients", tags=["clients"])
@@ -19,7 +20,7 @@ Reader = Annotated[User, Depends(require_roles(*STAFF))]
 Editor = Annotated[User, Depends(require_roles(*CLIENT_EDITORS))]
 
 
-def load_client(session: SessionDep, client_id: int) -> Client:
+def load_client(session: SessionDep, client_id: Id) -> Client:
     client = session.get(Client, client_id)
     if client is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"client {client_id} not found")
@@ -29,9 +30,9 @@ def load_client(session: SessionDep, client_id: int) -> Client:
 @router.get("", response_model=list[ClientOut])
 def list_clients(
     session: SessionDep, _u: Reader,
-    municipality_id: int | None = None, status_: Annotated[ClientStatus | None, Query(alias="status")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="part of the name")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    municipality_id: Id | None = None, status_: Annotated[ClientStatus | None, Query(alias="status")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=NO_NUL, description="part of the name")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[Client]:
     return list(service.list_clients(session, municipality_id=municipality_id, status=status_, search=q,
                                      limit=limit, offset=offset))
@@ -46,13 +47,13 @@ def create_client(body: ClientIn, session: SessionDep, _u: Editor) -> Client:
 
 
 @router.get("/{client_id}", response_model=ClientOut)
-def get_client(client: Annotated[Client, Depends(load_client)], _u: Reader) -> Client:
+def get_client(_u: Reader, client: Annotated[Client, Depends(load_client)]) -> Client:
     return client
 
 
 @router.patch("/{client_id}", response_model=ClientOut)
 def update_client(
-    body: ClientPatch, session: SessionDep, client: Annotated[Client, Depends(load_client)], _u: Editor
+    body: ClientPatch, session: SessionDep, _u: Editor, client: Annotated[Client, Depends(load_client)]
 ) -> Client:
     try:
         return service.update_client(session, client=client, patch=body)
@@ -61,12 +62,12 @@ def update_client(
 
 
 @router.get("/{client_id}/contacts", response_model=list[ContactOut])
-def list_contacts(session: SessionDep, client: Annotated[Client, Depends(load_client)], _u: Reader) -> list:
+def list_contacts(session: SessionDep, _u: Reader, client: Annotated[Client, Depends(load_client)]) -> list:
     return list(service.list_contacts(session, client_id=client.id))
 
 
 @router.post("/{client_id}/contacts", response_model=ContactOut, status_code=status.HTTP_201_CREATED)
 def add_contact(
-    body: ContactIn, session: SessionDep, client: Annotated[Client, Depends(load_client)], _u: Editor
+    body: ContactIn, session: SessionDep, _u: Editor, client: Annotated[Client, Depends(load_client)]
 ) -> Contact:
     return service.add_contact(session, client=client, data=body)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from alarmcentre.clients.models import Language
-from alarmcentre.clients.schemas import Phone
 from alarmcentre.contacts.models import ContactKind
+from alarmcentre.schemas import InputModel, Phone
 
 
-class ContactIn(BaseModel):
+class ContactIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     position: Annotated[int, Field(ge=0, le=1000)] = 0
     kind: ContactKind
@@ -22,7 +22,7 @@ class ContactIn(BaseModel):
     notes: Annotated[str, Field(max_length=500)] = ""
 
 
-class ContactPatch(BaseModel):
+class ContactPatch(InputModel):
     model_config = ConfigDict(extra="forbid")
     position: Annotated[int, Field(ge=0, le=1000)] | None = None
     kind: ContactKind | None = None

@@ -10,13 +10,14 @@ from alarmcentre.api_deps import CLIENT_EDITORS, STAFF, SessionDep, require_role
 from alarmcentre.clients import service
 from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactOut, ContactPatch
+from alarmcentre.schemas import Id
 from alarmcentre.users.models import User
 
 router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"])
 Editor = Annotated[User, Depends(require_roles(*CLIENT_EDITORS))]
 
 
-def load_contact(session: SessionDep, contact_id: int) -> Contact:
+def load_contact(session: SessionDep, contact_id: Id) -> Contact:
     contact = session.get(Contact, contact_id)
     if contact is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"contact {contact_id} not found")
@@ -24,14 +25,14 @@ def load_contact(session: SessionDep, contact_id: int) -> Contact:
 
 
 @router.get("/{contact_id}", response_model=ContactOut)
-def get_contact(contact: Annotated[Contact, Depends(load_contact)],
-                _u: Annotated[User, Depends(require_roles(*STAFF))]) -> Contact:
+def get_contact(_u: Annotated[User, Depends(require_roles(*STAFF))],
+                contact: Annotated[Contact, Depends(load_contact)]) -> Contact:
     return contact
 
 
 @router.patch("/{contact_id}", response_model=ContactOut)
 def update_contact(
-    body: ContactPatch, session: SessionDep, contact: Annotated[Contact, Depends(load_contact)], _u: Editor
+    body: ContactPatch, session: SessionDep, _u: Editor, contact: Annotated[Contact, Depends(load_contact)]
 ) -> Contact:
     try:
         return service.update_contact(session, contact=contact, patch=body)
@@ -40,5 +41,5 @@ def update_contact(
 
 
 @router.delete("/{contact_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_contact(session: SessionDep, contact: Annotated[Contact, Depends(load_contact)], _u: Editor) -> None:
+def delete_contact(session: SessionDep, _u: Editor, contact: Annotated[Contact, Depends(load_contact)]) -> None:
     session.delete(contact)

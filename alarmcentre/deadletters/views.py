@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from alarmcentre.api_deps import SessionDep, require_roles
 from alarmcentre.deadletters.models import DeadLetter
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
 from alarmcentre.users.models import Role, User
 
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
@@ -37,7 +38,8 @@ class DeadLetterOut(BaseModel):
 def list_dead_letters(
     session: SessionDep,
     _u: Annotated[User, Depends(require_roles(Role.SUPERVISOR, Role.TECHNICIAN, Role.ADMIN))],
-    reason: str | None = None, device_serial: str | None = None,
+    reason: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z0-9_]+$")] = None,
+    device_serial: Annotated[str | None, Query(pattern=f"^{DEVICE_ID_PATTERN}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetter]:
     query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)

@@ -9,21 +9,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from alarmcentre.devices.models import DeviceStatus
 from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
+from alarmcentre.schemas import Id, InputModel
 
 Serial = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", description="letters, digits, - and _")]
 
 
-class DeviceIn(BaseModel):
+class DeviceIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     serial: Serial
     model: Annotated[str, Field(min_length=1, max_length=100)] = "generic"
     firmware: Annotated[str, Field(max_length=64)] | None = None
     heartbeat_interval_s: Annotated[int, Field(ge=10, le=90_000)] = 60
     status: DeviceStatus = DeviceStatus.IN_STOCK
-    client_id: int | None = None
+    client_id: Id | None = None
 
 
-class DevicePatch(BaseModel):
+class DevicePatch(InputModel):
     model_config = ConfigDict(extra="forbid")
     model: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     firmware: Annotated[str, Field(max_length=64)] | None = None
@@ -31,9 +32,9 @@ class DevicePatch(BaseModel):
     status: DeviceStatus | None = None
 
 
-class AssignIn(BaseModel):
+class AssignIn(InputModel):
     model_config = ConfigDict(extra="forbid")
-    client_id: int | None = Field(description="the client to assign to; null takes the device back")
+    client_id: Id | None = Field(description="the client to assign to; null takes the device back")
 
 
 class DeviceOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 from alarmcentre.clients.models import Client
 from alarmcentre.devices.models import Device, DeviceEvent, DeviceStatus
 from alarmcentre.devices.schemas import DeviceIn, DevicePatch
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
 
 
 class DeviceConflict(ValueError):
@@ -58,6 +60,8 @@ def assign_device(session: Session, *, device: Device, client_id: int | None) ->
 
 
 def get_by_serial(session: Session, serial: str) -> Device | None:
+    if not re.fullmatch(DEVICE_ID_PATTERN, serial):
+        return None  # no device can have it (and PostgreSQL refuses text with NUL in a query)
     return session.scalar(select(Device).where(Device.serial == serial))
 
 

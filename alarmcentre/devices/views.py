@@ -10,6 +10,7 @@ from alarmcentre.api_deps import DEVICE_EDITORS, STAFF, SessionDep, require_role
 from alarmcentre.devices import service
 from alarmcentre.devices.models import Device, DeviceEvent, DeviceStatus
 from alarmcentre.devices.schemas import AssignIn, DeviceEventOut, DeviceIn, DeviceOut, DevicePatch
+from alarmcentre.schemas import MAX_ID, Id
 from alarmcentre.users.models import User
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -26,9 +27,9 @@ def load_device(session: SessionDep, serial: str) -> Device:
 
 @router.get("", response_model=list[DeviceOut])
 def list_devices(
-    session: SessionDep, _u: Reader, client_id: int | None = None,
+    session: SessionDep, _u: Reader, client_id: Id | None = None,
     status_: Annotated[DeviceStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[Device]:
     return list(service.list_devices(session, client_id=client_id, status=status_, limit=limit, offset=offset))
 
@@ -44,13 +45,13 @@ def register_device(body: DeviceIn, session: SessionDep, _u: Editor) -> Device:
 
 
 @router.get("/{serial}", response_model=DeviceOut)
-def get_device(device: Annotated[Device, Depends(load_device)], _u: Reader) -> Device:
+def get_device(_u: Reader, device: Annotated[Device, Depends(load_device)]) -> Device:
     return device
 
 
 @router.patch("/{serial}", response_model=DeviceOut)
 def update_device(
-    body: DevicePatch, session: SessionDep, device: Annotated[Device, Depends(load_device)], _u: Editor
+    body: DevicePatch, session: SessionDep, _u: Editor, device: Annotated[Device, Depends(load_device)]
 ) -> Device:
     try:
         return service.update_device(session, device=device, patch=body)
@@ -62,7 +63,7 @@ def update_device(
 
 @router.post("/{serial}/assign", response_model=DeviceOut)
 def assign_device(
-    body: AssignIn, session: SessionDep, device: Annotated[Device, Depends(load_device)], _u: Editor
+    body: AssignIn, session: SessionDep, _u: Editor, device: Annotated[Device, Depends(load_device)]
 ) -> Device:
     try:
         return service.assign_device(session, device=device, client_id=body.client_id)
@@ -74,7 +75,7 @@ def assign_device(
 
 @router.get("/{serial}/events", response_model=list[DeviceEventOut])
 def device_events(
-    session: SessionDep, device: Annotated[Device, Depends(load_device)], _u: Reader,
+    session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeviceEvent]:
     return list(service.recent_events(session, device=device, limit=limit))

@@ -10,6 +10,7 @@ from alarmcentre.api_deps import INCIDENT_ROLES, SessionDep, require_roles
 from alarmcentre.incidents import service
 from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.incidents.schemas import IncidentDetailOut, IncidentOut
+from alarmcentre.schemas import MAX_ID, Id
 from alarmcentre.users.models import User
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
@@ -20,14 +21,14 @@ Reader = Annotated[User, Depends(require_roles(*INCIDENT_ROLES))]
 def list_incidents(
     session: SessionDep, _u: Reader,
     status_: Annotated[list[IncidentStatus] | None, Query(alias="status", description="repeatable")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[Incident]:
     """Most urgent first (priority, then waiting time)."""
     return list(service.list_incidents(session, status=status_, limit=limit, offset=offset))
 
 
 @router.get("/{incident_id}", response_model=IncidentDetailOut)
-def get_incident(incident_id: int, session: SessionDep, _u: Reader) -> Incident:
+def get_incident(incident_id: Id, session: SessionDep, _u: Reader) -> Incident:
     incident = service.get_incident(session, incident_id=incident_id)
     if incident is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"incident {incident_id} not found")

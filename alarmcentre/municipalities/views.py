@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 
 from alarmcentre.api_deps import STAFF, SessionDep, require_roles
 from alarmcentre.municipalities.models import Municipality
+from alarmcentre.schemas import InputModel
 from alarmcentre.users.models import Role, User
 
 router = APIRouter(prefix="/api/v1/municipalities", tags=["municipalities"])
 
 
-class MunicipalityIn(BaseModel):
+class MunicipalityIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=200)]
     social_service: Annotated[str, Field(max_length=200)] = ""

@@ -44,7 +44,8 @@ def ensure_admin(session: Session, *, username: str, password: str) -> User:
 
 
 def authenticate(session: Session, *, username: str, password: str) -> User | None:
-    user = session.scalar(select(User).where(User.username == username))
+    # A NUL cannot be in a username (and PostgreSQL refuses it in a query).
+    user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):

@@ -125,12 +125,12 @@ def start_embedded_broker(
         from alarmcentre.broker.amqtt_broker import AmqttBroker
 
         log.warning(
-            "no mosquitto binary found: starting the embedded amqtt broker on %s:%d. amqtt is DEMO-GRADE: "
+            "%s: starting the embedded amqtt broker on %s:%d. amqtt is DEMO-GRADE: "
             "it loses messages a crashed subscriber had received but not acknowledged, forgets "
             "messages not acknowledged within 5 s, and holds its queues in memory only. It must never "
             "face real devices. Install mosquitto for a broker that keeps the guarantees "
             "(see docs/brokers.md).",
-            BROKER_HOST, port,
+            "no mosquitto 2.x binary found" if kind == "auto" else "broker 'amqtt' asked for", BROKER_HOST, port,
         )
         broker = AmqttBroker(data_dir=data_dir / "amqtt", port=port, users=users)
     broker.start()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import getpass
 import hashlib
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -31,6 +32,7 @@ TEMPLATE = "mosquitto-embedded.conf"
 # connect costs the same whichever wrote the file (the simulator connects thousands of times).
 PBKDF2_ROUNDS = 101
 PBKDF2_SALT_BYTES = 12
+LOG_ROTATE_BYTES = 10_000_000  # keep one old log at most: this is a demo broker
 
 
 def mosquitto_version(binary: str) -> tuple[int, int, int] | None:
@@ -155,7 +157,7 @@ class MosquittoBroker:
             port=self.port,
             password_file=self.password_path,
             acl_file=self.acl_path,
-            user=getpass.getuser(),
+            user=pwd.getpwuid(os.geteuid()).pw_name,
             persistence_location=self.data_dir,  # Mosquitto adds the "/" itself
         )
         self.config_path.write_text(config)
@@ -163,9 +165,14 @@ class MosquittoBroker:
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        if any(c in str(self.data_dir) for c in "\n#"):
+        if "\n" in str(self.data_dir):
             raise BrokerError(f"the broker data directory cannot be used in a Mosquitto config: {self.data_dir}")
         self.write_files()
+        if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("mosquitto started from thread %r: it gets SIGTERM when that thread ends",
+                        threading.current_thread().name)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as logfile:
             self._proc = subprocess.Popen(
@@ -185,7 +192,7 @@ class MosquittoBroker:
                 rc = self._proc.returncode
                 self._proc = None
                 raise BrokerError(f"mosquitto exited at start-up (code {rc}); {self._log_tail()}")
-            # "running" is logged once every listener is open; the connect proves it is ours.
+            # "running" is logged once every listener is open; the connect confirms it answers.
             if "running" in self._log_since_start() and self._accepts_connections():
                 break
             if time.monotonic() > deadline:

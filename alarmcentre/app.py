@@ -20,6 +20,7 @@ from alarmcentre.config import Settings
 from alarmcentre.contacts.views import router as contacts_router
 from alarmcentre.deadletters.views import router as deadletters_router
 from alarmcentre.devices.views import router as devices_router
+from alarmcentre.dispatch.views import router as dispatch_router
 from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
@@ -46,7 +47,7 @@ def create_app(
     checks.update(health_checks or {})
 
     for router in (auth_router, municipalities_router, clients_router, contacts_router, devices_router,
-                   incidents_router, deadletters_router):
+                   incidents_router, deadletters_router, dispatch_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -151,7 +151,8 @@ def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
     db = Database.open(settings)
     start_metrics_server(settings)
     consumer = IngestConsumer(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
-                              client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max)
+                              client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max,
+                              settings=settings)
     consumer.start()
     _wait_for_signal()
     consumer.stop()
@@ -164,7 +165,7 @@ def _cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
 
     db = Database.open(settings)
     start_metrics_server(settings)
-    scheduler = build_scheduler(db.sessions)
+    scheduler = build_scheduler(db.sessions, settings=settings)
     scheduler.start()
     _wait_for_signal()
     scheduler.shutdown(wait=True)

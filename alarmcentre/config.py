@@ -31,8 +31,28 @@ class Settings(BaseSettings):
     admin_password: str | None = None
     token_ttl_hours: int = 12
     ingest_batch_max: int = Field(500, ge=1, description="messages committed per transaction at most")
+    # Dispatch and escalation.
+    ack_alert_after_s: int = Field(60, ge=5, description="alert supervisors when an incident waits this long")
+    ack_alert_repeat_s: int = Field(120, ge=10, description="repeat the alert while still unacknowledged")
+    reopen_window_minutes: int = Field(30, ge=0, description="a resolved incident can be reopened this long")
+    sweep_interval_s: float = Field(1.0, gt=0, description="how often due timers and queued SMS are handled")
+    # SMS. Twilio when all three are set, else the outbox (messages stored, shown, never sent).
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    twilio_api_base: str | None = Field(None, description="another base URL for Twilio's REST API (tests)")
+    public_url: str | None = Field(
+        None, description="the centre's public base URL, as Twilio calls it (webhook signatures, status callbacks)"
+    )
+    sms_min_interval_s: int = Field(5, ge=0, description="per number: least time between two texts")
+    sms_max_per_hour: int = Field(30, ge=1, description="per number: most texts in an hour (carrier spam limits)")
+    sms_max_attempts: int = Field(4, ge=1, description="tries for a text on transient provider errors")
     log_json: bool = False
     log_level: str = "INFO"
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

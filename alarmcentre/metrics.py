@@ -36,3 +36,8 @@ DEVICES_ONLINE = Gauge("alarmcentre_devices_online", "Devices whose last status 
 SCHEDULER_LAST_RUN = Gauge(
     "alarmcentre_scheduler_last_run_timestamp_seconds", "Unix time a scheduler job last finished", ["job"]
 )
+SMS_SENT = Counter("alarmcentre_sms_sent_total", "Texts handed to the SMS provider", ["purpose"])
+SMS_ERRORS = Counter("alarmcentre_sms_errors_total", "Failed attempts to send a text", ["kind"])
+SUPERVISOR_ALERTS = Counter("alarmcentre_supervisor_alerts_total", "Alerts for incidents not acknowledged in time")
+ESCALATIONS = Counter("alarmcentre_escalations_total", "Plan steps moved on by themselves", ["reason"])
+TIMERS_FIRED = Counter("alarmcentre_timers_fired_total", "Escalation timers fired by the sweep", ["kind"])

@@ -134,11 +134,11 @@ class Centre:
 
         self.consumer = consumer = IngestConsumer(
             mqtt_url=self.mqtt_url, session_factory=db.sessions, client_id=settings.mqtt_client_id,
-            batch_max=settings.ingest_batch_max,
+            batch_max=settings.ingest_batch_max, settings=settings,
         )
         consumer.start()
         self._stack.append(("ingest", consumer.stop))
-        scheduler = build_scheduler(db.sessions)
+        scheduler = build_scheduler(db.sessions, settings=settings)
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
         self.app = create_app(settings=settings, session_factory=db.sessions, health_checks={

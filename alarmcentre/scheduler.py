@@ -1,7 +1,6 @@
 """Periodic jobs (APScheduler). Jobs keep no state in memory: whatever must happen is in the database.
 
-Issue-by-issue more jobs arrive here (escalation sweep, welfare checks, device supervision);
-for now the scheduler keeps the fleet gauges current for Prometheus.
+Jobs: the escalation sweep (due timers), the SMS sender (queued texts), fleet gauges.
 """
 
 from __future__ import annotations
@@ -16,7 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import metrics
+from alarmcentre.config import Settings
 from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.dispatch.escalation import step_failed, sweep
+from alarmcentre.dispatch.sms import SmsSender, build_provider
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,20 @@ def _guarded(name: str, job: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def build_scheduler(factory: sessionmaker[Session]) -> BackgroundScheduler:
+def build_scheduler(
+    factory: sessionmaker[Session], *, settings: Settings, sender: SmsSender | None = None
+) -> BackgroundScheduler:
+    """The jobs. Several scheduler processes may run: every job is safe to run concurrently."""
     scheduler = BackgroundScheduler(timezone="UTC")
+    sender = sender or SmsSender(factory=factory, provider=build_provider(settings), settings=settings,
+                                 on_failed=step_failed)
+    every = settings.sweep_interval_s
+    scheduler.add_job(_guarded("escalation_sweep", lambda: sweep(factory, settings=settings)),
+                      "interval", seconds=every, id="escalation_sweep", max_instances=1, coalesce=True,
+                      next_run_time=datetime.now(UTC))
+    scheduler.add_job(_guarded("sms_sender", lambda: sender.send_due()),
+                      "interval", seconds=every, id="sms_sender", max_instances=1, coalesce=True,
+                      next_run_time=datetime.now(UTC))
     scheduler.add_job(
         _guarded("fleet_gauges", lambda: refresh_fleet_gauges(factory)),
         "interval", seconds=15, id="fleet_gauges", max_instances=1, coalesce=True,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from alarmcentre.dispatch.models import IncidentStep
 
 from alarmcentre import clock
 from alarmcentre.db import Base
@@ -31,8 +34,19 @@ class TimelineKind(StrEnum):
     SIGNAL = "signal"  # a further alarm signal while the incident was active
     CANCEL = "cancel"  # the client pressed cancel on the device
     ACKNOWLEDGED = "acknowledged"
+    SUPERVISOR_ALERT = "supervisor_alert"  # not acknowledged in time
+    CALL = "call"  # the operator phoned the client
+    NOTIFIED = "notified"  # a contact was informed by SMS
+    STEP_STARTED = "step_started"  # a plan step began: SMS dispatch or operator task
+    STEP_ANSWER = "step_answer"  # accepted, declined, arrived, done (by SMS or operator)
+    STEP_TIMEOUT = "step_timeout"  # no answer within the step's wait
+    STEP_FAILED = "step_failed"  # the SMS could not be delivered
+    SMS_REPLY = "sms_reply"  # an SMS from a contact, understood or not
+    EMERGENCY_CALLED = "emergency_called"
+    HANDOVER = "handover"
     NOTE = "note"
     RESOLVED = "resolved"
+    REOPENED = "reopened"
 
 
 class Incident(Base):
@@ -54,6 +68,7 @@ class Incident(Base):
     signal_count: Mapped[int] = mapped_column(default=1)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)  # changes on handover
     resolved_at: Mapped[datetime | None]
     resolved_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     outcome: Mapped[str | None] = mapped_column(String(64))
@@ -61,6 +76,8 @@ class Incident(Base):
     timeline: Mapped[list[TimelineEntry]] = relationship(
         order_by="TimelineEntry.id", back_populates="incident", lazy="raise"
     )
+    # The response plan as it was when the incident opened (alarmcentre.dispatch).
+    steps: Mapped[list[IncidentStep]] = relationship(order_by="IncidentStep.position", lazy="raise")
 
 
 class TimelineEntry(Base):

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from alarmcentre.dispatch.schemas import IncidentStepOut
 from alarmcentre.incidents.models import IncidentKind, IncidentStatus, TimelineKind
 
 
@@ -33,6 +34,7 @@ class IncidentOut(BaseModel):
     signal_count: int
     acknowledged_at: datetime | None
     acknowledged_by: int | None
+    owner_id: int | None
     resolved_at: datetime | None
     resolved_by: int | None
     outcome: str | None
@@ -40,3 +42,4 @@ class IncidentOut(BaseModel):
 
 class IncidentDetailOut(IncidentOut):
     timeline: list[TimelineEntryOut]
+    steps: list[IncidentStepOut]

@@ -35,6 +35,10 @@ def active_key(*, client: Client | None, device: Device) -> str:
     return f"client:{client.id}" if client is not None else f"device:{device.id}"
 
 
+def active_key_for(incident: Incident) -> str:
+    return f"client:{incident.client_id}" if incident.client_id is not None else f"device:{incident.device_id}"
+
+
 def find_active(session: Session, *, client: Client | None, device: Device) -> Incident | None:
     return session.scalar(select(Incident).where(Incident.active_key == active_key(client=client, device=device)))
 
@@ -127,5 +131,6 @@ def list_incidents(
 
 def get_incident(session: Session, *, incident_id: int) -> Incident | None:
     return session.scalar(
-        select(Incident).where(Incident.id == incident_id).options(selectinload(Incident.timeline))
+        select(Incident).where(Incident.id == incident_id)
+        .options(selectinload(Incident.timeline), selectinload(Incident.steps))
     )

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import clock, metrics
+from alarmcentre.config import Settings, get_settings
 from alarmcentre.db import transaction
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, process_message
 from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
@@ -86,7 +87,9 @@ class IngestConsumer:
         client_id: str = "alarmcentre-ingest",
         batch_max: int = 500,
         on_committed: Callable[[list[Result]], None] | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        self._settings = settings or get_settings()
         self.endpoint = MqttEndpoint.parse(mqtt_url)
         self._factory = session_factory
         self._batch_max = batch_max
@@ -216,7 +219,8 @@ class IngestConsumer:
         while True:
             try:
                 with transaction(self._factory) as session:
-                    results = [process_message(session, message=item.message) for item in batch]
+                    results = [process_message(session, message=item.message, settings=self._settings)
+                               for item in batch]
                 if not self.database_ok:
                     log.warning("ingest: database is back; committed %d held messages", len(batch))
                 self.database_ok = True

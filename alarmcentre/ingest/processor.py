@@ -18,8 +18,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from alarmcentre.clients.models import Client
+from alarmcentre.config import Settings, get_settings
 from alarmcentre.deadletters.models import MAX_STORED_PAYLOAD, DeadLetter
 from alarmcentre.devices.models import Device, DeviceEvent, DeviceStatus
+from alarmcentre.dispatch import escalation
 from alarmcentre.incidents import service as incidents
 from alarmcentre.ingest.protocol import (
     ALARM_TYPES,
@@ -64,8 +66,9 @@ class Result:
     occurred_at: datetime | None = None
 
 
-def process_message(session: Session, *, message: InboundMessage) -> Result:
+def process_message(session: Session, *, message: InboundMessage, settings: Settings | None = None) -> Result:
     """Record the effect of one message in `session` (not committed here)."""
+    settings = settings or get_settings()
     parsed = parse_message(message.topic, message.payload, received_at=message.received_at)
     if isinstance(parsed, Rejection):
         return _dead_letter(session, message=message, reason=parsed.reason, detail=parsed.detail,
@@ -81,7 +84,7 @@ def process_message(session: Session, *, message: InboundMessage) -> Result:
                 rejection = None
                 if isinstance(parsed, ParsedStatus):
                     return _apply_status(device, parsed, message.received_at)
-                result = _apply_event(session, device, parsed, message.received_at)
+                result = _apply_event(session, device, parsed, message.received_at, settings)
     except _Duplicate:
         return Result(Outcome.DUPLICATE, str(parsed.type) if isinstance(parsed, ParsedEvent) else "status")
     except DBAPIError as exc:
@@ -109,7 +112,9 @@ def _apply_status(device: Device, parsed: ParsedStatus, received_at: datetime) -
     return Result(Outcome.ACCEPTED, "status")
 
 
-def _apply_event(session: Session, device: Device, parsed: ParsedEvent, received_at: datetime) -> Result:
+def _apply_event(
+    session: Session, device: Device, parsed: ParsedEvent, received_at: datetime, settings: Settings
+) -> Result:
     occurred_at = event_time(parsed, received_at)
     row = DeviceEvent(
         device_id=device.id,
@@ -144,7 +149,9 @@ def _apply_event(session: Session, device: Device, parsed: ParsedEvent, received
         )
         row.incident_id = incident.id
         result.incident_id = incident.id
-        result.incident_opened = incident.id if opened else None
+        if opened:
+            result.incident_opened = incident.id
+            escalation.on_incident_opened(session, incident=incident, client=client, settings=settings)
     elif parsed.type == EventType.CANCEL:
         incident = incidents.record_cancel(session, device=device, client=client, event=row)
         if incident is not None:

@@ -31,6 +31,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(str_enum(Role))
     language: Mapped[Language] = mapped_column(str_enum(Language), default=Language.LV)
     active: Mapped[bool] = mapped_column(default=True)
+    phone: Mapped[str | None] = mapped_column(String(32))  # for supervisor alerts by SMS
+    on_call: Mapped[bool] = mapped_column(default=False)  # the supervisor alerted when an alarm waits
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
 

@@ -1,0 +1,242 @@
+"""Texting, in two layers: rules (queue, throttle, retries, log) above a provider that only sends.
+
+Messages are queued as rows in the same transaction as the decision to send them (an
+escalation step, an alert), so a decision is never lost and never made twice. The sender
+job picks due rows one at a time, checks they are still wanted (no text for a resolved
+incident; no supervisor alert once acknowledged), applies the per-number throttle, hands
+the text to the provider and records the result. A crash between the provider's answer and
+the commit can send one text twice; it can never lose one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from alarmcentre import clock, metrics
+from alarmcentre.config import Settings
+from alarmcentre.db import transaction
+from alarmcentre.dispatch.models import SmsDirection, SmsMessage, SmsStatus
+from alarmcentre.incidents.models import Incident, IncidentStatus
+
+log = logging.getLogger(__name__)
+
+OUTBOX_NUMBER = "outbox"
+RETRY_BACKOFF_S = (5, 30, 120, 600)
+
+
+class SmsError(Exception):
+    """The provider refused or failed. `transient` errors are retried."""
+
+    def __init__(self, message: str, *, transient: bool, code: str | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+class SmsProvider(Protocol):
+    name: str
+    from_number: str
+
+    def send(self, *, to: str, body: str, status_callback: str | None) -> str:
+        """Send one text; return the provider's id for it, or raise SmsError."""
+        ...
+
+
+class OutboxProvider:
+    """No telephone network: the text stays in the database (the outbox) for people and tests to read."""
+
+    name = "outbox"
+    from_number = OUTBOX_NUMBER
+
+    def send(self, *, to: str, body: str, status_callback: str | None) -> str:
+        return f"outbox-{uuid.uuid4().hex}"
+
+
+class TwilioProvider:
+    """Twilio's Messages API through the official library."""
+
+    name = "twilio"
+
+    def __init__(self, *, account_sid: str, auth_token: str, from_number: str, api_base: str | None = None) -> None:
+        from twilio.rest import Client
+
+        self.from_number = from_number
+        http_client = _RebasedHttpClient(api_base) if api_base else None
+        self._client = Client(account_sid, auth_token, http_client=http_client)
+
+    def send(self, *, to: str, body: str, status_callback: str | None) -> str:
+        from twilio.base.exceptions import TwilioException, TwilioRestException
+
+        kwargs: dict[str, Any] = {"to": to, "from_": self.from_number, "body": body}
+        if status_callback:
+            kwargs["status_callback"] = status_callback
+        try:
+            message = self._client.messages.create(**kwargs)
+        except TwilioRestException as exc:
+            transient = exc.status == 429 or exc.status >= 500
+            raise SmsError(f"Twilio {exc.status} {exc.code}: {exc.msg}", transient=transient,
+                           code=str(exc.code)) from exc
+        except (TwilioException, OSError) as exc:  # network trouble: try again later
+            raise SmsError(f"Twilio unreachable: {exc}", transient=True) from exc
+        return str(message.sid)
+
+
+def _RebasedHttpClient(api_base: str) -> Any:  # noqa: N802  (a class factory: twilio is imported lazily)
+    """Twilio's own HTTP client, sending to another base URL (a local test server, a gateway)."""
+    from twilio.http.http_client import TwilioHttpClient
+
+    class Rebased(TwilioHttpClient):
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            for origin in ("https://api.twilio.com",):
+                if url.startswith(origin):
+                    url = api_base.rstrip("/") + url[len(origin):]
+            return super().request(method, url, *args, **kwargs)
+
+    return Rebased()
+
+
+def build_provider(settings: Settings) -> SmsProvider:
+    if settings.twilio_configured:
+        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from_number
+        return TwilioProvider(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
+                              from_number=settings.twilio_from_number, api_base=settings.twilio_api_base)
+    return OutboxProvider()
+
+
+def queue_sms(
+    session: Session, *, to: str, body: str, purpose: str, incident_id: int | None = None,
+    step_id: int | None = None, from_number: str = "",
+) -> SmsMessage:
+    message = SmsMessage(direction=SmsDirection.OUT, to_number=to, from_number=from_number, body=body,
+                         purpose=purpose, status=SmsStatus.QUEUED, incident_id=incident_id, step_id=step_id,
+                         not_before=clock.now())
+    session.add(message)
+    session.flush()
+    return message
+
+
+def record_inbound(session: Session, *, from_number: str, to_number: str, body: str, provider: str,
+                   provider_sid: str | None) -> SmsMessage | None:
+    """Store a received text; None if this provider id was stored already (a webhook retry)."""
+    if provider_sid and session.scalar(select(SmsMessage.id).where(SmsMessage.provider_sid == provider_sid)):
+        return None
+    message = SmsMessage(direction=SmsDirection.IN, to_number=to_number, from_number=from_number, body=body[:1600],
+                         status=SmsStatus.RECEIVED, provider=provider, provider_sid=provider_sid)
+    session.add(message)
+    session.flush()
+    return message
+
+
+class SmsSender:
+    """The rules layer. `send_due()` is called by the scheduler's sweep."""
+
+    def __init__(self, *, factory: sessionmaker[Session], provider: SmsProvider, settings: Settings,
+                 on_failed: Any = None) -> None:
+        self._factory = factory
+        self.provider = provider
+        self._settings = settings
+        self._on_failed = on_failed  # called with (session, message) when a text is given up on
+
+    def send_due(self, *, limit: int = 100) -> int:
+        """Send what is due, one message per transaction; returns how many were handled."""
+        handled = 0
+        while handled < limit:
+            with transaction(self._factory) as session:
+                now = clock.now()
+                message = session.scalar(
+                    select(SmsMessage)
+                    .where(SmsMessage.status == SmsStatus.QUEUED, SmsMessage.not_before <= now)
+                    .order_by(SmsMessage.not_before, SmsMessage.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                if message is None:
+                    return handled
+                self._handle(session, message, now)
+            handled += 1
+        return handled
+
+    def _handle(self, session: Session, message: SmsMessage, now: datetime) -> None:
+        reason = self._unwanted(session, message)
+        if reason:
+            message.status, message.last_error = SmsStatus.CANCELLED, reason
+            log.info("sms %d not sent: %s", message.id, reason)
+            return
+        wait_until = self._throttled_until(session, message, now)
+        if wait_until is not None:
+            message.not_before = wait_until
+            return
+        message.attempts += 1
+        message.provider = self.provider.name
+        message.from_number = self.provider.from_number
+        try:
+            callback = (f"{self._settings.public_url.rstrip('/')}/webhooks/twilio/status"
+                        if self._settings.public_url else None)
+            message.provider_sid = self.provider.send(to=message.to_number, body=message.body,
+                                                      status_callback=callback)
+        except SmsError as exc:
+            message.last_error = str(exc)[:500]
+            metrics.SMS_ERRORS.labels("transient" if exc.transient else "permanent").inc()
+            if exc.transient and message.attempts < self._settings.sms_max_attempts:
+                backoff = RETRY_BACKOFF_S[min(message.attempts - 1, len(RETRY_BACKOFF_S) - 1)]
+                message.not_before = now + timedelta(seconds=backoff)
+                log.warning("sms %d: %s; retry %d in %d s", message.id, exc, message.attempts, backoff)
+                return
+            message.status = SmsStatus.FAILED
+            log.error("sms %d failed for good: %s", message.id, exc)
+            if self._on_failed is not None:
+                self._on_failed(session, message)
+            return
+        message.status, message.sent_at = SmsStatus.SENT, now
+        metrics.SMS_SENT.labels(message.purpose or "other").inc()
+
+    @staticmethod
+    def _unwanted(session: Session, message: SmsMessage) -> str | None:
+        if message.incident_id is None:
+            return None
+        status = session.scalar(select(Incident.status).where(Incident.id == message.incident_id))
+        if status == IncidentStatus.RESOLVED:
+            return "incident resolved"
+        if message.purpose == "supervisor_alert" and status != IncidentStatus.OPEN:
+            return "incident acknowledged"
+        return None
+
+    def _throttled_until(self, session: Session, message: SmsMessage, now: datetime) -> datetime | None:
+        """Carriers block numbers that get bursts: space texts to one number, cap them per hour."""
+        sent_to_number = select(SmsMessage.sent_at).where(
+            SmsMessage.to_number == message.to_number, SmsMessage.sent_at.is_not(None), SmsMessage.id != message.id,
+        )
+        last = session.scalar(sent_to_number.order_by(SmsMessage.sent_at.desc()).limit(1))
+        gap = timedelta(seconds=self._settings.sms_min_interval_s)
+        if last is not None and now - last < gap:
+            return last + gap
+        hour_ago = now - timedelta(hours=1)
+        in_last_hour = session.scalar(select(func.count()).select_from(sent_to_number.where(
+            SmsMessage.sent_at > hour_ago).subquery()))
+        if in_last_hour and in_last_hour >= self._settings.sms_max_per_hour:
+            oldest = session.scalar(sent_to_number.where(SmsMessage.sent_at > hour_ago)
+                                    .order_by(SmsMessage.sent_at).limit(1))
+            return (oldest or now) + timedelta(hours=1)
+        return None
+
+
+def apply_status_callback(
+    session: Session, *, provider_sid: str, status: str, error_code: str | None
+) -> SmsMessage | None:
+    """Twilio's delivery report: returns the message if it just failed (so the step can move on)."""
+    message = session.scalar(select(SmsMessage).where(SmsMessage.provider_sid == provider_sid))
+    if message is None:
+        return None
+    if status == "delivered":
+        message.status = SmsStatus.DELIVERED
+    elif status in ("failed", "undelivered") and message.status != SmsStatus.FAILED:
+        message.status = SmsStatus.FAILED
+        message.last_error = f"delivery report: {status} (error {error_code})"
+        return message
+    return None

@@ -1,0 +1,127 @@
+"""SMS texts in the recipient's language, and the replies we understand.
+
+Rules: one or two SMS segments at most (basic phones, cost, delivery); who, where, what
+happened and how to answer; never a door code, key-safe code or medical detail.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from enum import StrEnum
+
+from alarmcentre.clients.models import Language
+
+# GSM 03.38 basic character set (+ the extension table, whose characters cost two septets).
+_GSM_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENDED = set("^{}\\[~]|€\f")
+MAX_SEGMENTS = 2
+
+
+def sms_segments(text: str) -> int:
+    """How many SMS segments a text takes (GSM-7 when it can, else UCS-2, as phones do)."""
+    if all(ch in _GSM_BASIC or ch in _GSM_EXTENDED for ch in text):
+        units, single, multi = sum(2 if ch in _GSM_EXTENDED else 1 for ch in text), 160, 153
+    else:
+        units, single, multi = sum(2 if ord(ch) > 0xFFFF else 1 for ch in text), 70, 67
+    if units <= single:
+        return 1
+    return -(-units // multi)
+
+
+ALARM_WHAT = {
+    Language.LV: {"button_press": "nospieda drošības pogu", "pull_cord": "pavilka trauksmes auklu",
+                  "fall_detected": "iespējams kritiens"},
+    Language.EN: {"button_press": "pressed the safety button", "pull_cord": "pulled the alarm cord",
+                  "fall_detected": "possible fall"},
+}
+
+
+def _lang(language: Language | str) -> Language:
+    # Texts exist in Latvian and English; anyone else gets English.
+    return Language.LV if language == Language.LV else Language.EN
+
+
+def dispatch_text(language: Language | str, *, client_name: str, address: str, alarm: str) -> str:
+    """Asks the contact to go to the client; answered with 1 or 2."""
+    lang = _lang(language)
+    what = ALARM_WHAT[lang].get(alarm, ALARM_WHAT[lang]["button_press"])
+    if lang == Language.LV:
+        template = "Trauksme: {name}, {address} - {what}. Lūdzu palīdziet! Atbildiet 1 - pieņemu, 2 - nevaru."
+    else:
+        # Plain ASCII punctuation: one non-GSM character (an en dash) would halve the space.
+        template = "Safety alarm: {name}, {address} - {what}. Please go and help. Reply 1 = accept, 2 = can't."
+    return _fit(template, name=client_name, address=address, what=what)
+
+
+def inform_text(language: Language | str, *, client_name: str, alarm: str) -> str:
+    """Tells a relative what happened; no answer expected."""
+    lang = _lang(language)
+    what = ALARM_WHAT[lang].get(alarm, ALARM_WHAT[lang]["button_press"])
+    if lang == Language.LV:
+        template = "Drošības poga: {name} - {what}. Operators rīkojas un sazināsies ar jums, ja vajadzēs."
+    else:
+        template = "Safety alarm: {name} - {what}. The operator is handling it and will contact you if needed."
+    return _fit(template, name=client_name, address="", what=what)
+
+
+def supervisor_alert_text(language: Language | str, *, incident_id: int, waited_s: int) -> str:
+    minutes = max(1, round(waited_s / 60))
+    if _lang(language) == Language.LV:
+        return f"Trauksme #{incident_id} gaida bez atbildes {minutes} min. Lūdzu, pārbaudiet centrāli."
+    return f"Alarm #{incident_id} unanswered for {minutes} min. Please check the centre."
+
+
+class Reply(StrEnum):
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    ARRIVED = "arrived"
+    DONE = "done"
+
+
+_REPLIES = {
+    Reply.ACCEPT: {"1", "JA", "YES", "Y", "OK", "PIENEMU", "ACCEPT"},
+    Reply.DECLINE: {"2", "NE", "NO", "N", "NEVARU", "DECLINE"},
+    Reply.ARRIVED: {"IERADOS", "ESMU KLAT", "ARRIVED", "HERE", "3"},
+    Reply.DONE: {"PABEIGTS", "DONE", "FINISHED", "4"},
+}
+
+
+def interpret_reply(body: str) -> Reply | None:
+    """'1', 'Jā', 'jā!', ' YES ', 'Ierados' → the reply; anything else → None."""
+    folded = unicodedata.normalize("NFKD", body).encode("ascii", "ignore").decode().upper()
+    words = " ".join("".join(ch if ch.isalnum() else " " for ch in folded).split())
+    for reply, spellings in _REPLIES.items():
+        if words in spellings:
+            return reply
+    return None
+
+
+def reply_confirmation(language: Language | str, reply: Reply) -> str:
+    lv = _lang(language) == Language.LV
+    return {
+        Reply.ACCEPT: "Paldies! Kad esat klāt, atbildiet IERADOS, pēc tam PABEIGTS." if lv
+        else "Thank you! Reply ARRIVED when you are there, then DONE.",
+        Reply.DECLINE: "Paldies, sazināsimies ar nākamo." if lv else "Thank you, we will contact the next person.",
+        Reply.ARRIVED: "Paldies, atzīmēts: esat klāt." if lv else "Thank you, noted: you are there.",
+        Reply.DONE: "Paldies, vizīte pabeigta." if lv else "Thank you, visit done.",
+    }[reply]
+
+
+def help_text(language: Language | str) -> str:
+    if _lang(language) == Language.LV:
+        return "Neizpratām. Atbildiet: 1 - pieņemu, 2 - nevaru, IERADOS, PABEIGTS."
+    return "Not understood. Reply: 1 accept, 2 can't, ARRIVED, DONE."
+
+
+def _fit(template: str, *, name: str, address: str, what: str) -> str:
+    """Fill the template; shorten the address, then the name, until it fits in MAX_SEGMENTS."""
+    for cut in range(0, 200, 4):
+        short_address = address if cut == 0 else address[: max(len(address) - cut, 8)].rstrip() + "…"
+        short_name = name if cut < 100 else name[: max(len(name) - (cut - 100), 12)].rstrip() + "…"
+        text = template.format(name=short_name, address=short_address, what=what)
+        if sms_segments(text) <= MAX_SEGMENTS:
+            return text
+    return text

@@ -13,6 +13,7 @@ from alarmcentre.clients.models import Client, Language
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
 from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.dispatch.models import Channel, PlanStep, ResourceKind, SharedResource
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
@@ -41,26 +42,43 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int) -> list[str]:
     with transaction(factory) as session:
         for username, password, role in DEMO_USERS:
             if session.scalar(select(User).where(User.username == username)) is None:
-                users.create_user(session, username=username, password=password, role=role,
-                                  full_name=username.capitalize())
+                user = users.create_user(session, username=username, password=password, role=role,
+                                         full_name=username.capitalize())
+                if role == Role.SUPERVISOR:  # texted (into the outbox) when an alarm waits too long
+                    user.phone, user.on_call = "+37129000000", True
         municipality = session.scalar(select(Municipality).where(Municipality.name == "Rīgas valstspilsēta"))
         if municipality is None:
             municipality = Municipality(name="Rīgas valstspilsēta", social_service="Rīgas Sociālais dienests",
                                         phone="+37167105185")
             session.add(municipality)
             session.flush()
+        keys, ambulance = _demo_resources(session, municipality.id)
         serials = [demo_serial(i) for i in range(1, devices + 1)]
         for index, serial in enumerate(serials):
             if session.scalar(select(Device).where(Device.serial == serial)) is not None:
                 continue
-            client = _demo_client(session, municipality.id, index)
+            client = _demo_client(session, municipality.id, index, keys=keys, ambulance=ambulance)
             session.add(Device(serial=serial, model="demo-pendant", firmware="1.0.0", client_id=client.id,
                                status=DeviceStatus.INSTALLED, heartbeat_interval_s=60))
     log.info("demo data ready: %d devices", len(serials))
     return serials
 
 
-def _demo_client(session: Session, municipality_id: int, index: int) -> Client:
+def _demo_resources(session: Session, municipality_id: int) -> tuple[SharedResource, SharedResource]:
+    found = {r.kind: r for r in session.scalars(select(SharedResource))}
+    keys = found.get(ResourceKind.KEYS_SERVICE) or SharedResource(
+        municipality_id=municipality_id, kind=ResourceKind.KEYS_SERVICE, name="Rezerves atslēgu dienests",
+        phone="+37167000000")
+    ambulance = found.get(ResourceKind.EMERGENCY_SERVICES) or SharedResource(
+        kind=ResourceKind.EMERGENCY_SERVICES, name="Neatliekamā medicīniskā palīdzība", phone="113")
+    session.add_all([keys, ambulance])
+    session.flush()
+    return keys, ambulance
+
+
+def _demo_client(
+    session: Session, municipality_id: int, index: int, *, keys: SharedResource, ambulance: SharedResource
+) -> Client:
     name = _NAMES[index % len(_NAMES)] + (f" {index // len(_NAMES) + 1}" if index >= len(_NAMES) else "")
     client = Client(
         municipality_id=municipality_id, full_name=name,
@@ -70,13 +88,20 @@ def _demo_client(session: Session, municipality_id: int, index: int) -> Client:
     )
     session.add(client)
     session.flush()
+    relative = Contact(client_id=client.id, position=1, kind=ContactKind.RELATIVE, name=f"Meita/Daughter of {name}",
+                       phone=f"+3712{index + 5000000:07d}", has_key=True)
+    neighbour = Contact(client_id=client.id, position=2, kind=ContactKind.NEIGHBOUR, name="Kaimiņš/Neighbour",
+                        phone=f"+3712{index + 6000000:07d}", language=Language.EN)
+    session.add_all([relative, neighbour])
+    session.flush()
+    # The response plan: relative, neighbour, keys service by SMS (each moves on by itself after
+    # its wait), then the operator phones 113.
     session.add_all([
-        Contact(client_id=client.id, position=1, kind=ContactKind.RELATIVE, name=f"Meita/Daughter of {name}",
-                phone=f"+3712{index + 5000000:07d}", has_key=True),
-        Contact(client_id=client.id, position=2, kind=ContactKind.NEIGHBOUR, name="Kaimiņš/Neighbour",
-                phone=f"+3712{index + 6000000:07d}"),
-        Contact(client_id=client.id, position=3, kind=ContactKind.KEYS_SERVICE, name="Rezerves atslēgu dienests",
-                phone="+37167000000", has_key=True),
+        PlanStep(client_id=client.id, position=1, contact_id=relative.id, channel=Channel.SMS, wait_seconds=180),
+        PlanStep(client_id=client.id, position=2, contact_id=neighbour.id, channel=Channel.SMS, wait_seconds=180),
+        PlanStep(client_id=client.id, position=3, resource_id=keys.id, channel=Channel.SMS, wait_seconds=600),
+        PlanStep(client_id=client.id, position=4, resource_id=ambulance.id, channel=Channel.OPERATOR_TASK,
+                 automatic=False, instruction="zvaniet 113 / call 113"),
     ])
     return client
 

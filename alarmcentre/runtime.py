@@ -181,7 +181,7 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
                  f"  database:   {settings.resolved_database_url()}"]
         if centre.device_url:
             lines.append(f"  devices connect to: {centre.device_url}")
-            lines.append(f"  simulator:  alarmcentre-sim run --url '{centre.device_url}' --prefix DEMO-")
+            lines.append(f"  simulator:  alarmcentre-sim run --url '{centre.device_url}' --prefix DEMO- --digits 4")
         if demo:
             lines.append("  demo logins: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))
         elif not (settings.admin_user and settings.admin_password):

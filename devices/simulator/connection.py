@@ -1,0 +1,134 @@
+"""Broker addresses and process limits for the simulator.
+
+Kept apart from the device logic so the command line, the fleet and the tests
+all read a broker URL the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
+
+DEFAULT_URL = "mqtt://127.0.0.1:18830"
+URL_ENV = "ALARMCENTRE_MQTT_URL"
+
+_DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
+
+
+class SimulatorError(Exception):
+    """A problem the user can fix (bad URL, bad file, broker unreachable): shown without a traceback."""
+
+
+def default_url() -> str:
+    """The broker URL when none is given: the same variable the centre reads, so both meet."""
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where and how to connect. One instance is shared by every simulated device."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    cafile: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, cafile: str | None = None) -> BrokerAddress:
+        """Parse ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...`` (TLS).
+
+        User and password may be percent-encoded, so passwords with ``@`` or ``:`` work.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise SimulatorError(f"broker URL {redact(url)!r}: scheme must be mqtt:// or mqtts://")
+        tls = scheme in ("mqtts", "ssl")
+        if not parts.hostname:
+            raise SimulatorError(f"broker URL {redact(url)!r} has no host")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise SimulatorError(f"broker URL {redact(url)!r}: {exc}") from None
+        if parts.path not in ("", "/"):
+            raise SimulatorError(f"broker URL {redact(url)!r}: MQTT URLs have no path")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=tls,
+            cafile=cafile,
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context for mqtts:// (system CAs, or ``cafile`` for a private CA)."""
+        return _tls_context(self.cafile) if self.tls else None
+
+    def display(self) -> str:
+        """The address for messages, never with the password."""
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    # One context for all devices: loading the CA store 10,000 times would take minutes.
+    return ssl.create_default_context(cafile=cafile)
+
+
+def redact(url: str) -> str:
+    """Hide the password of a URL before it is printed."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def check_device_id(device_id: str) -> str:
+    """Refuse serials the centre would reject, before any connection is made."""
+    if not _DEVICE_ID_RE.match(device_id):
+        raise SimulatorError(
+            f"device id {device_id!r} is not valid: use 1-64 letters, digits, '-' or '_'"
+        )
+    return device_id
+
+
+def serials(prefix: str, count: int, start: int = 1, digits: int = 5) -> list[str]:
+    """``SIM-00001``... numbered serials, zero padded to at least ``digits`` digits.
+
+    The padding grows with the largest number so the serials sort the same as text
+    and as numbers. (The demo's devices are ``DEMO-0001``...: prefix ``DEMO-``, 4 digits.)
+    """
+    if count < 1:
+        raise SimulatorError("--devices must be at least 1")
+    if start < 0:
+        raise SimulatorError("--start must not be negative")
+    width = max(digits, len(str(start + count - 1)))
+    return [check_device_id(f"{prefix}{n:0{width}d}") for n in range(start, start + count)]
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; every device holds one socket.
+
+    Returns the (soft, hard) limits now in force. Does nothing where the resource
+    module is missing (not POSIX).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return (soft, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return (soft, hard)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -21,7 +21,6 @@ from alarmcentre.contacts.models import Contact
 from alarmcentre.db import transaction
 from alarmcentre.dispatch import texts
 from alarmcentre.dispatch.models import (
-    ACTIVE_STEP_STATES,
     Channel,
     IncidentStep,
     PlanStep,
@@ -168,8 +167,8 @@ def step_failed(session: Session, message: SmsMessage) -> None:
         return
     step = session.get(IncidentStep, message.step_id)
     incident = session.get(Incident, message.incident_id) if message.incident_id else None
-    if step is None or incident is None or step.state not in ACTIVE_STEP_STATES:
-        return
+    if step is None or incident is None or step.state != StepState.WAITING:
+        return  # answered already (by SMS or phone): whoever answered has the text, whatever the report says
     now = clock.now()
     step.state, step.finished_at = StepState.FAILED, now
     cancel_timers(session, incident_id=incident.id, step_id=step.id)

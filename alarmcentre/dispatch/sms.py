@@ -14,6 +14,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,11 +64,14 @@ class TwilioProvider:
 
     name = "twilio"
 
-    def __init__(self, *, account_sid: str, auth_token: str, from_number: str, api_base: str | None = None) -> None:
+    def __init__(self, *, account_sid: str, auth_token: str, from_number: str, api_base: str | None = None,
+                 timeout_s: float = 30.0) -> None:
+        from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
         self.from_number = from_number
-        http_client = _RebasedHttpClient(api_base) if api_base else None
+        # The library waits forever by default: one hung request would stop every text after it.
+        http_client = _RebasedHttpClient(api_base, timeout_s) if api_base else TwilioHttpClient(timeout=timeout_s)
         self._client = Client(account_sid, auth_token, http_client=http_client)
 
     def send(self, *, to: str, body: str, status_callback: str | None) -> str:
@@ -87,18 +91,19 @@ class TwilioProvider:
         return str(message.sid)
 
 
-def _RebasedHttpClient(api_base: str) -> Any:  # noqa: N802  (a class factory: twilio is imported lazily)
+def _RebasedHttpClient(api_base: str, timeout_s: float) -> Any:  # noqa: N802  (a class factory: lazy import)
     """Twilio's own HTTP client, sending to another base URL (a local test server, a gateway)."""
     from twilio.http.http_client import TwilioHttpClient
 
     class Rebased(TwilioHttpClient):
         def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            for origin in ("https://api.twilio.com",):
-                if url.startswith(origin):
-                    url = api_base.rstrip("/") + url[len(origin):]
+            # Any Twilio host: with TWILIO_EDGE/TWILIO_REGION set the library calls api.<edge>.<region>.twilio.com.
+            parts = urlsplit(url)
+            if parts.hostname and (parts.hostname == "twilio.com" or parts.hostname.endswith(".twilio.com")):
+                url = api_base.rstrip("/") + url[len(f"{parts.scheme}://{parts.netloc}"):]
             return super().request(method, url, *args, **kwargs)
 
-    return Rebased()
+    return Rebased(timeout=timeout_s)
 
 
 def build_provider(settings: Settings) -> SmsProvider:
@@ -152,7 +157,7 @@ class SmsSender:
                 message = session.scalar(
                     select(SmsMessage)
                     .where(SmsMessage.status == SmsStatus.QUEUED, SmsMessage.not_before <= now)
-                    .order_by(SmsMessage.not_before, SmsMessage.id)
+                    .order_by(SmsMessage.id)  # first queued, first sent: a throttled text keeps its place
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 )

@@ -49,10 +49,10 @@ def dispatch_text(language: Language | str, *, client_name: str, address: str, a
     lang = _lang(language)
     what = ALARM_WHAT[lang].get(alarm, ALARM_WHAT[lang]["button_press"])
     if lang == Language.LV:
-        template = "Trauksme: {name}, {address} - {what}. Lūdzu palīdziet! Atbildiet 1 - pieņemu, 2 - nevaru."
+        template = "Trauksme: {name}, {address} - {what}. Atbildiet 1 - pieņemu, 2 - nevaru."
     else:
         # Plain ASCII punctuation: one non-GSM character (an en dash) would halve the space.
-        template = "Safety alarm: {name}, {address} - {what}. Please go and help. Reply 1 = accept, 2 = can't."
+        template = "Alarm: {name}, {address} - {what}. Please help. Reply 1 = accept, 2 = can't."
     return _fit(template, name=client_name, address=address, what=what)
 
 
@@ -117,11 +117,31 @@ def help_text(language: Language | str) -> str:
 
 
 def _fit(template: str, *, name: str, address: str, what: str) -> str:
-    """Fill the template; shorten the address, then the name, until it fits in MAX_SEGMENTS."""
-    for cut in range(0, 200, 4):
-        short_address = address if cut == 0 else address[: max(len(address) - cut, 8)].rstrip() + "…"
-        short_name = name if cut < 100 else name[: max(len(name) - (cut - 100), 12)].rstrip() + "…"
-        text = template.format(name=short_name, address=short_address, what=what)
+    """Fill the template within MAX_SEGMENTS. The address matters most to someone going there, so
+    the name is shortened first ("Skaidrīte Vītola" → "Skaidrīte V."), then the address, then the name again."""
+    text = template.format(name=name, address=address, what=what)
+    if sms_segments(text) <= MAX_SEGMENTS:
+        return text
+    # The mark of a cut stays in GSM-7 when the text is: one "…" would halve the room (160 → 70 a segment).
+    mark = "..." if all(ch in _GSM_BASIC or ch in _GSM_EXTENDED for ch in text) else "…"
+
+    def cut(value: str, keep: int) -> str:
+        return value if keep >= len(value) else value[:keep].rstrip() + mark
+
+    if not address:  # nothing to keep but the name: shorten it from the end
+        candidates = [(cut(name, keep), 0) for keep in range(len(name) - 1, 7, -1)]
+        for shown_name, _ in candidates:
+            text = template.format(name=shown_name, address="", what=what)
+            if sms_segments(text) <= MAX_SEGMENTS:
+                return text
+        return text
+    words = name.split()
+    short_name = f"{words[0]} {words[-1][0]}." if len(words) > 1 else name
+    candidates = [(short_name, len(address))]
+    candidates += [(short_name, keep) for keep in range(len(address) - 1, min(len(address), 8) - 1, -1)]
+    candidates += [(cut(short_name, keep), 8) for keep in range(len(short_name) - 1, 7, -1)]
+    for shown_name, keep_address in candidates:
+        text = template.format(name=shown_name, address=cut(address, keep_address), what=what)
         if sms_segments(text) <= MAX_SEGMENTS:
             return text
     return text

@@ -384,17 +384,21 @@ def test_the_status_callback_is_asked_for_only_with_a_public_url(sqlite_db: Data
     assert request.field("StatusCallback") == (STATUS_URL if public_url else None)
 
 
-def test_a_wrong_auth_token_is_a_permanent_failure_recorded(sqlite_db: Database, fake: FakeTwilio,
-                                                            tmp_path: Path) -> None:
+def test_a_wrong_auth_token_is_retried_not_blamed_on_the_recipient(sqlite_db: Database, fake: FakeTwilio,
+                                                                    tmp_path: Path) -> None:
+    """Bad credentials are the centre's fault: the text waits for the fix instead of failing the step."""
     with make_centre(sqlite_db, twilio_settings(fake, tmp_path, twilio_auth_token="0" * 32), fake) as centre:
         sms_id = centre.queue()
         centre.sender.send_due()
         message = centre.text(sms_id)
-        assert (message.status, message.attempts) == (SmsStatus.FAILED, 1)
+        assert (message.status, message.attempts) == (SmsStatus.QUEUED, 1)
         assert "401" in (message.last_error or "") and "20003" in (message.last_error or "")
         assert [r.status for r in fake.requests] == [401] and fake.messages == {}
-        centre.tick(3600)
-        assert len(fake.requests) == 1, "a permanent failure is not retried"
+        for _ in range(10):
+            centre.tick(3600)
+        message = centre.text(sms_id)
+        assert message.status == SmsStatus.FAILED, "given up after sms_max_attempts"
+        assert len(fake.requests) == centre.settings.sms_max_attempts
 
 
 @pytest.mark.parametrize("status", [500, 429])

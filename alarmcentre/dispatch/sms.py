@@ -83,7 +83,9 @@ class TwilioProvider:
         try:
             message = self._client.messages.create(**kwargs)
         except TwilioRestException as exc:
-            transient = exc.status == 429 or exc.status >= 500
+            # 401/403 mean our account or credentials are wrong, not the recipient: people fix that,
+            # so the text waits and is retried rather than failing every dispatch of the night at once.
+            transient = exc.status in (401, 403, 429) or exc.status >= 500
             raise SmsError(f"Twilio {exc.status} {exc.code}: {exc.msg}", transient=transient,
                            code=str(exc.code)) from exc
         except (TwilioException, OSError) as exc:  # network trouble: try again later

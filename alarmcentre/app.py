@@ -19,12 +19,15 @@ from alarmcentre.clients.views import router as clients_router
 from alarmcentre.config import Settings
 from alarmcentre.contacts.views import router as contacts_router
 from alarmcentre.deadletters.views import router as deadletters_router
+from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.devices.views import router as devices_router
 from alarmcentre.dispatch.views import router as dispatch_router
 from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
+from alarmcentre.tasks.views import router as tasks_router
 from alarmcentre.users.views import router as auth_router
+from alarmcentre.workorders.views import router as workorders_router
 
 log = logging.getLogger(__name__)
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
@@ -34,8 +37,11 @@ HealthCheck = Callable[[], str | None]
 
 
 def create_app(
-    *, settings: Settings, session_factory: sessionmaker[Session], health_checks: dict[str, HealthCheck] | None = None
+    *, settings: Settings, session_factory: sessionmaker[Session], health_checks: dict[str, HealthCheck] | None = None,
+    config_publisher: ConfigPublisher | None = None,
 ) -> FastAPI:
+    """`config_publisher` publishes device configurations when a technician saves one; without it
+    they are saved and the scheduler publishes them."""
     app = FastAPI(
         title="alarmcentre",
         version=__version__,
@@ -43,11 +49,12 @@ def create_app(
     )
     app.state.settings = settings
     app.state.session_factory = session_factory
+    app.state.config_publisher = config_publisher
     checks: dict[str, HealthCheck] = {"database": lambda: _database_check(session_factory)}
     checks.update(health_checks or {})
 
     for router in (auth_router, municipalities_router, clients_router, contacts_router, devices_router,
-                   incidents_router, deadletters_router, dispatch_router):
+                   incidents_router, deadletters_router, dispatch_router, tasks_router, workorders_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

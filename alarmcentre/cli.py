@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "supervisor", "technician", "admin"])
     create.add_argument("--full-name", default="")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    devices = sub.add_parser("devices", help="device broker logins")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    provision = devices_sub.add_parser(
+        "provision", help="generate a device's broker login (printed once), write Mosquitto's password and ACL "
+        "files, register the device if missing")
+    _common(provision)
+    provision.add_argument("serial", help="the device's serial: also its broker username")
+    provision.add_argument("--password-file", default="config/mosquitto/passwords",
+                           help="Mosquitto password_file to add the login to (default config/mosquitto/passwords)")
+    provision.add_argument("--acl-file", default="config/mosquitto/acl",
+                           help="Mosquitto acl_file that must confine devices to their topics "
+                           "(default config/mosquitto/acl; created if missing)")
+    provision.add_argument("--model", default="generic", help="device model when registering (default generic)")
+    provision.add_argument("--embedded", action="store_true",
+                           help="also let the device log in to the embedded broker of `alarmcentre up` "
+                           "(stored in DATA_DIR/broker/credentials.json; applies at the next start)")
     return parser
 
 
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
-        "db": _cmd_db, "users": _cmd_users,
+        "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
     }
     from sqlalchemy.exc import OperationalError
 
@@ -137,7 +154,12 @@ def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.runtime import Database
 
     db = Database.open(settings)
-    app = create_app(settings=settings, session_factory=db.sessions)
+    publisher = None
+    if settings.mqtt_url:
+        from alarmcentre.devices.publisher import ConfigPublisher
+
+        publisher = ConfigPublisher(settings.mqtt_url, timeout_s=settings.config_publish_timeout_s)
+    app = create_app(settings=settings, session_factory=db.sessions, config_publisher=publisher)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)
     return 0
 
@@ -202,6 +224,45 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"created {user.role} {user.username}")
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
+    """`devices provision`: the password is printed once and stored only hashed (except --embedded)."""
+    import json
+    from pathlib import Path
+
+    from alarmcentre.broker import provision
+    from alarmcentre.db import transaction
+    from alarmcentre.devices import service
+    from alarmcentre.devices.schemas import DeviceIn
+    from alarmcentre.runtime import BrokerCredentials, Database
+
+    serial = args.serial
+    try:
+        provision.check_serial(serial)
+    except provision.ProvisionError as exc:
+        raise _UsageError(str(exc)) from exc
+    db = Database.open(settings)
+    with transaction(db.sessions) as session:
+        registered = service.get_by_serial(session, serial) is None
+        if registered:
+            service.register_device(session, data=DeviceIn(serial=serial, model=args.model))
+    password = provision.new_password()
+    added = provision.ensure_acl(Path(args.acl_file))
+    new_login = provision.set_password(Path(args.password_file), serial, password)
+    if args.embedded:
+        creds = BrokerCredentials.load_or_create(settings.data_dir)
+        creds.passwords[serial] = password
+        path = settings.data_dir / "broker" / "credentials.json"
+        path.write_text(json.dumps(creds.passwords))
+        path.chmod(0o600)
+    print(f"device {serial}: {'registered, ' if registered else ''}"
+          f"{'new broker login' if new_login else 'broker password replaced'} in {args.password_file}"
+          + (f"; ACL {args.acl_file}: added {len(added)} pattern lines" if added else ""))
+    print(f"username: {serial}")
+    print(f"password: {password}")
+    print("The password is shown only this once. Reload Mosquitto (SIGHUP) to apply the files.")
     return 0
 
 

@@ -47,6 +47,20 @@ class Settings(BaseSettings):
     sms_min_interval_s: int = Field(5, ge=0, description="per number: least time between two texts")
     sms_max_per_hour: int = Field(30, ge=1, description="per number: most texts in an hour (carrier spam limits)")
     sms_max_attempts: int = Field(4, ge=1, description="tries for a text on transient provider errors")
+    # Device care and operator tasks (alarmcentre/care.py; docs/device-care.md).
+    welfare_check_days: int = Field(14, ge=1, description="no contact for this long opens a welfare-check task")
+    local_timezone: str = Field("Europe/Riga", description="zone in which due dates are shown to staff")
+    supervision_tolerance: float = Field(
+        3.0, gt=0, description="supervision window = heartbeat interval x this, for models without a preset"
+    )
+    supervision_interval_s: float = Field(10.0, gt=0, description="how often silent devices are looked for")
+    care_interval_s: float = Field(60.0, gt=0, description="how often welfare, battery, power, config jobs run")
+    battery_low_percent: int = Field(20, ge=1, le=100, description="a battery under this is low")
+    battery_ok_percent: int = Field(80, ge=1, le=100, description="a battery at or over this counts as replaced")
+    power_loss_grace_s: int = Field(300, ge=0, description="mains lost longer than this: phone the client")
+    config_pending_hours: float = Field(24, gt=0, description="a configuration not applied within this: work order")
+    monthly_test_days: int = Field(30, ge=1, description="no test call for this long: remind the client")
+    config_publish_timeout_s: float = Field(5.0, gt=0, description="wait this long for the broker's PUBACK")
     log_json: bool = False
     log_level: str = "INFO"
 

@@ -52,6 +52,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Python's sqlite3 opens transactions only before INSERT/UPDATE/DELETE, not before a
+            # SAVEPOINT, so a batch of savepoints would commit message by message. Take over: no
+            # implicit transactions, and an explicit BEGIN below (SQLAlchemy's documented recipe).
+            dbapi_conn.isolation_level = None
             # WAL lets the API read while the ingest writes; FULL makes a commit survive power loss
             # (an acknowledged alarm must be on disk); foreign keys are off by default.
             cur = dbapi_conn.cursor()
@@ -59,6 +63,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)

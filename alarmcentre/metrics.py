@@ -41,3 +41,14 @@ SMS_ERRORS = Counter("alarmcentre_sms_errors_total", "Failed attempts to send a 
 SUPERVISOR_ALERTS = Counter("alarmcentre_supervisor_alerts_total", "Alerts for incidents not acknowledged in time")
 ESCALATIONS = Counter("alarmcentre_escalations_total", "Plan steps moved on by themselves", ["reason"])
 TIMERS_FIRED = Counter("alarmcentre_timers_fired_total", "Escalation timers fired by the sweep", ["kind"])
+
+# Device care and operator tasks.
+TASKS_OPENED = Counter("alarmcentre_tasks_opened_total", "Operator tasks opened by the scheduler", ["kind"])
+TASKS_ACTIVE = Gauge("alarmcentre_tasks_active", "Operator tasks open or claimed", ["kind"])
+WORK_ORDERS_OPENED = Counter("alarmcentre_work_orders_opened_total", "Work orders opened", ["kind"])
+WORK_ORDERS_ACTIVE = Gauge("alarmcentre_work_orders_active", "Work orders not done", ["kind"])
+DEVICES_SILENT = Gauge("alarmcentre_devices_silent", "Installed devices with an active device_silent incident")
+CONFIGS_UNPUBLISHED = Gauge(
+    "alarmcentre_configs_unpublished", "Devices whose desired configuration the broker does not hold yet"
+)
+CONFIG_PUBLISH_ERRORS = Counter("alarmcentre_config_publish_errors_total", "Failed retained config publishes")

@@ -3,14 +3,23 @@
 from alarmcentre.clients.models import Client
 from alarmcentre.contacts.models import Contact
 from alarmcentre.deadletters.models import DeadLetter
-from alarmcentre.devices.models import Device, DeviceEvent
+from alarmcentre.devices.models import (
+    BatteryReading,
+    Device,
+    DeviceAssignment,
+    DeviceConfigVersion,
+    DeviceEvent,
+    SignalReading,
+)
 from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage, Timer
 from alarmcentre.incidents.models import Incident, TimelineEntry
 from alarmcentre.municipalities.models import Municipality
+from alarmcentre.tasks.models import OperatorTask
 from alarmcentre.users.models import ApiToken, User
+from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
-    "ApiToken", "Client", "Contact", "DeadLetter", "Device", "DeviceEvent",
-    "Incident", "IncidentStep", "Municipality", "PlanStep", "SharedResource", "SmsMessage",
-    "TimelineEntry", "Timer", "User",
+    "ApiToken", "BatteryReading", "Client", "Contact", "DeadLetter", "Device", "DeviceAssignment",
+    "DeviceConfigVersion", "DeviceEvent", "Incident", "IncidentStep", "Municipality", "OperatorTask", "PlanStep",
+    "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "WorkOrder", "WorkOrderNote",
 ]

@@ -110,10 +110,12 @@ class Centre:
         self.broker: Any = None
         self.consumer: Any = None
         self.app: Any = None
+        self.publisher: Any = None
         self._stack: list[tuple[str, Any]] = []
 
     def start(self) -> Centre:
         from alarmcentre.app import create_app
+        from alarmcentre.devices.publisher import ConfigPublisher
         from alarmcentre.ingest.consumer import IngestConsumer
         from alarmcentre.scheduler import build_scheduler
 
@@ -138,13 +140,18 @@ class Centre:
         )
         consumer.start()
         self._stack.append(("ingest", consumer.stop))
-        scheduler = build_scheduler(db.sessions, settings=settings)
+        # The centre's own login publishes device configurations (retained, QoS 1).
+        self.publisher = publisher = ConfigPublisher(self.mqtt_url, timeout_s=settings.config_publish_timeout_s)
+        self._stack.append(("config publisher", publisher.close))
+        scheduler = build_scheduler(db.sessions, settings=settings, publisher=publisher)
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
-        self.app = create_app(settings=settings, session_factory=db.sessions, health_checks={
+        checks = {
             "broker": lambda: None if consumer.connected else "ingest not connected to the broker",
             "ingest": lambda: None if consumer.database_ok else "ingest cannot commit to the database",
-        })
+        }
+        self.app = create_app(settings=settings, session_factory=db.sessions, config_publisher=publisher,
+                              health_checks=checks)
         return self
 
     def on_stop(self, name: str, stop: Any) -> None:

@@ -1,6 +1,8 @@
 """Periodic jobs (APScheduler). Jobs keep no state in memory: whatever must happen is in the database.
 
-Jobs: the escalation sweep (due timers), the SMS sender (queued texts), fleet gauges.
+Jobs: the escalation sweep (due timers), the SMS sender (queued texts), fleet gauges, and device
+care (alarmcentre/care.py): supervision, welfare checks, batteries, mains power, programming
+state, configuration republishing, monthly test reminders.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from alarmcentre import metrics
+from alarmcentre import care, metrics
 from alarmcentre.config import Settings
 from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.dispatch.escalation import step_failed, sweep
 from alarmcentre.dispatch.sms import SmsSender, build_provider
 
@@ -32,7 +35,7 @@ def refresh_fleet_gauges(factory: sessionmaker[Session]) -> None:
     metrics.DEVICES_ONLINE.set(online or 0)
 
 
-def _guarded(name: str, job: Callable[[], None]) -> Callable[[], None]:
+def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
     """A failing job logs and tries again next time; it never kills the scheduler."""
 
     def run() -> None:
@@ -47,9 +50,13 @@ def _guarded(name: str, job: Callable[[], None]) -> Callable[[], None]:
 
 
 def build_scheduler(
-    factory: sessionmaker[Session], *, settings: Settings, sender: SmsSender | None = None
+    factory: sessionmaker[Session], *, settings: Settings, sender: SmsSender | None = None,
+    publisher: ConfigPublisher | None = None,
 ) -> BackgroundScheduler:
-    """The jobs. Several scheduler processes may run: every job is safe to run concurrently."""
+    """The jobs. Several scheduler processes may run: every job is safe to run concurrently.
+
+    `publisher` republishes configurations the broker missed; without one (and without
+    settings.mqtt_url) that job does not run, and the unpublished count shows in metrics."""
     scheduler = BackgroundScheduler(timezone="UTC")
     sender = sender or SmsSender(factory=factory, provider=build_provider(settings), settings=settings,
                                  on_failed=step_failed)
@@ -65,4 +72,24 @@ def build_scheduler(
         "interval", seconds=15, id="fleet_gauges", max_instances=1, coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+
+    def care_job(name: str, job: care.Job) -> Callable[[], None]:
+        return _guarded(name, lambda: care.run_job(factory, name, job, settings=settings))
+
+    scheduler.add_job(care_job("supervision", care.supervise_devices), "interval",
+                      seconds=settings.supervision_interval_s, id="supervision", max_instances=1, coalesce=True,
+                      next_run_time=datetime.now(UTC))
+    for name, job in care.CARE_JOBS.items():
+        scheduler.add_job(care_job(name, job), "interval", seconds=settings.care_interval_s, id=name,
+                          max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    if publisher is None and settings.mqtt_url:
+        publisher = ConfigPublisher(settings.mqtt_url, timeout_s=settings.config_publish_timeout_s)
+    if publisher is not None:
+        config_publisher = publisher
+        scheduler.add_job(_guarded("config_republish", lambda: care.republish_configs(factory, config_publisher)),
+                          "interval", seconds=settings.care_interval_s, id="config_republish", max_instances=1,
+                          coalesce=True, next_run_time=datetime.now(UTC))
+    else:
+        log.warning("scheduler: no broker configured (ALARMCENTRE_MQTT_URL): configurations that could not be "
+                    "published at save time are not republished by this process")
     return scheduler

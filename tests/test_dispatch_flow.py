@@ -26,6 +26,7 @@ from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
+from alarmcentre.devices.models import Device
 from alarmcentre.dispatch.escalation import step_failed, sweep
 from alarmcentre.dispatch.models import (
     IncidentStep,
@@ -428,3 +429,18 @@ def test_two_schedulers_at_once_fire_each_step_exactly_once(
             process.send_signal(signal.SIGTERM)
             process.wait(15)
     _assert_each_step_exactly_once(postgres_db, count)
+
+
+def test_a_reopened_technical_incident_does_not_take_the_persons_alarm_slot(centre: Centre) -> None:
+    """Reopening a 'device silent' incident must not make the client's next alarm join it."""
+    with transaction(centre.db.sessions) as session:
+        device = session.scalars(select(Device).where(Device.serial == "FLOW-1")).one()
+        silent = Incident(client_id=centre.client_id, device_id=device.id, kind="device_silent", priority=3,
+                          status=IncidentStatus.RESOLVED, active_key=None, opened_at=T0, last_signal_at=T0,
+                          resolved_at=T0, outcome="restored")
+        session.add(silent)
+        session.flush()
+        silent_id = silent.id
+    centre.post("sup", f"/api/v1/incidents/{silent_id}/reopen", {"reason": "still silent"})
+    alarm = press(centre)
+    assert alarm != silent_id, "a real alarm opens its own incident"

@@ -48,6 +48,11 @@ class Device(Base):
     desired_config_version: Mapped[int] = mapped_column(default=0)
     reported_config_version: Mapped[int | None]
     config_error: Mapped[str | None] = mapped_column(String(500))
+    config_failed_version: Mapped[int | None]  # the version the device last refused
+    config_changed_at: Mapped[datetime | None]  # when desired_config last changed: "pending since"
+    # The version the broker holds retained for the device; behind desired when a publish failed.
+    config_published_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_test_call_at: Mapped[datetime | None]  # the monthly test press
     tamper_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
@@ -68,3 +73,53 @@ class DeviceEvent(Base):
     clock_skewed: Mapped[bool] = mapped_column(default=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), index=True)
+
+
+class DeviceAssignment(Base):
+    """Who had the device when: a client's history survives a device swap."""
+
+    __tablename__ = "device_assignments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"), index=True)
+    assigned_at: Mapped[datetime] = mapped_column(default=clock.now)
+    unassigned_at: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+class BatteryReading(Base):
+    """Append-only battery history (from heartbeats and battery reports)."""
+
+    __tablename__ = "battery_readings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    at: Mapped[datetime]
+    level: Mapped[int]
+    low: Mapped[bool]
+
+
+class SignalReading(Base):
+    """Append-only radio signal history (rssi, dBm)."""
+
+    __tablename__ = "signal_readings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    at: Mapped[datetime]
+    rssi: Mapped[int]
+
+
+class DeviceConfigVersion(Base):
+    """Every desired configuration a technician saved, never changed afterwards."""
+
+    __tablename__ = "device_config_versions"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    version: Mapped[int]
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
+    created_by: Mapped[str] = mapped_column(String(100))  # "user:NAME"

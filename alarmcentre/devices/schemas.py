@@ -71,3 +71,59 @@ class DeviceEventOut(BaseModel):
     clock_skewed: bool
     details: dict[str, Any]
     incident_id: int | None
+
+
+class SwapIn(InputModel):
+    model_config = ConfigDict(extra="forbid")
+    replacement_serial: Serial = Field(description="an in-stock device that takes over the client")
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class AssignmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    device_id: int
+    client_id: int
+    assigned_at: datetime
+    unassigned_at: datetime | None
+    reason: str
+
+
+class BatteryReadingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    at: datetime
+    level: int
+    low: bool
+
+
+class SignalReadingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    at: datetime
+    rssi: int
+
+
+class ConfigIn(InputModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="the whole desired configuration, checked against the model's schema")
+
+
+class ConfigVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    version: int
+    config: dict[str, Any]
+    created_at: datetime
+    created_by: str
+
+
+class ConfigStateOut(BaseModel):
+    serial: str
+    model: str
+    state: str = Field(description="in_sync, pending or failed")
+    desired_version: int
+    reported_version: int | None
+    published_version: int = Field(description="the version the broker holds retained")
+    published: bool = Field(description="the broker holds the desired version")
+    changed_at: datetime | None
+    error: str | None
+    desired: dict[str, Any]
+    diff: dict[str, dict[str, Any]] = Field(description="settings whose desired value differs from the device's")
+    versions: list[ConfigVersionOut]

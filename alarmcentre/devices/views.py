@@ -4,12 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from sqlalchemy.orm import Session
 
 from alarmcentre.api_deps import DEVICE_EDITORS, STAFF, SessionDep, require_roles
+from alarmcentre.db import transaction
 from alarmcentre.devices import service
-from alarmcentre.devices.models import Device, DeviceEvent, DeviceStatus
-from alarmcentre.devices.schemas import AssignIn, DeviceEventOut, DeviceIn, DeviceOut, DevicePatch
+from alarmcentre.devices.models import (
+    BatteryReading,
+    Device,
+    DeviceAssignment,
+    DeviceEvent,
+    DeviceStatus,
+    SignalReading,
+)
+from alarmcentre.devices.schemas import (
+    AssignIn,
+    AssignmentOut,
+    BatteryReadingOut,
+    ConfigIn,
+    ConfigStateOut,
+    ConfigVersionOut,
+    DeviceEventOut,
+    DeviceIn,
+    DeviceOut,
+    DevicePatch,
+    SignalReadingOut,
+    SwapIn,
+)
 from alarmcentre.schemas import MAX_ID, Id
 from alarmcentre.users.models import User
 
@@ -66,7 +88,7 @@ def assign_device(
     body: AssignIn, session: SessionDep, _u: Editor, device: Annotated[Device, Depends(load_device)]
 ) -> Device:
     try:
-        return service.assign_device(session, device=device, client_id=body.client_id)
+        return service.assign_device(session, device=device, client_id=body.client_id, reason="assigned by API")
     except service.DeviceConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     except LookupError as exc:
@@ -79,3 +101,87 @@ def device_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeviceEvent]:
     return list(service.recent_events(session, device=device, limit=limit))
+
+
+@router.post("/{serial}/swap", response_model=DeviceOut)
+def swap_device(
+    body: SwapIn, session: SessionDep, user: Editor, device: Annotated[Device, Depends(load_device)]
+) -> Device:
+    """Replace this (faulty) device at its client by an in-stock one; the client's history stays."""
+    replacement = service.get_by_serial(session, body.replacement_serial)
+    if replacement is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"device {body.replacement_serial} not found")
+    try:
+        return service.swap_device(session, faulty=device, replacement=replacement, reason=body.reason,
+                                   actor=f"user:{user.username}")
+    except service.DeviceConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    except ValueError as exc:  # the old configuration does not fit the new model
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+
+
+@router.get("/{serial}/assignments", response_model=list[AssignmentOut])
+def device_assignments(
+    session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)]
+) -> list[DeviceAssignment]:
+    return list(service.assignments(session, device=device))
+
+
+@router.get("/{serial}/battery", response_model=list[BatteryReadingOut])
+def battery_history(
+    session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)],
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> list[BatteryReading]:
+    """Newest first; a reading is kept whenever the level or the low flag changed."""
+    return list(service.battery_history(session, device=device, limit=limit))
+
+
+@router.get("/{serial}/signal", response_model=list[SignalReadingOut])
+def signal_history(
+    session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)],
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> list[SignalReading]:
+    """Newest first; a reading is kept whenever the signal moved by 3 dB or more."""
+    return list(service.signal_history(session, device=device, limit=limit))
+
+
+def _config_state(session: Session, device: Device) -> ConfigStateOut:
+    return ConfigStateOut(
+        serial=device.serial, model=device.model, state=service.config_state(device).value,
+        desired_version=device.desired_config_version, reported_version=device.reported_config_version,
+        published_version=device.config_published_version,
+        published=device.config_published_version >= device.desired_config_version,
+        changed_at=device.config_changed_at, error=device.config_error, desired=dict(device.desired_config or {}),
+        diff=service.config_diff(session, device=device),
+        versions=[ConfigVersionOut.model_validate(v) for v in service.config_versions(session, device=device)],
+    )
+
+
+@router.get("/{serial}/config", response_model=ConfigStateOut)
+def get_config(session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)]) -> ConfigStateOut:
+    """Programming state: desired versus reported, with the difference and the version history."""
+    return _config_state(session, device)
+
+
+@router.put("/{serial}/config", response_model=ConfigStateOut)
+def put_config(serial: str, body: ConfigIn, request: Request, user: Editor) -> ConfigStateOut:
+    """Save a new desired configuration (the next version), then publish it retained to the device.
+
+    The save is committed before the publish: if the broker is unreachable the change is kept
+    and the scheduler publishes it later (`published` is false until then)."""
+    factory = request.app.state.session_factory
+    with transaction(factory) as session:
+        device = load_device(session, serial)
+        try:
+            row = service.set_desired_config(session, device=device, config=body.config,
+                                             actor=f"user:{user.username}")
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        device_id, version, config = device.id, row.version, dict(row.config)
+    publisher = getattr(request.app.state, "config_publisher", None)
+    if publisher is not None and publisher.publish_config(serial, version, config):
+        with transaction(factory) as session:
+            service.mark_published(session, device_id=device_id, version=version)
+    with factory() as session:
+        device = load_device(session, serial)
+        return _config_state(session, device)

@@ -27,7 +27,10 @@ class IncidentKind(StrEnum):
     BUTTON_PRESS = "button_press"
     PULL_CORD = "pull_cord"
     FALL_DETECTED = "fall_detected"
+    DEVICE_SILENT = "device_silent"  # technical: no message within the supervision window, or offline
 
+
+TECHNICAL_PRIORITY = 3  # below every alarm
 
 class TimelineKind(StrEnum):
     OPENED = "opened"
@@ -47,6 +50,7 @@ class TimelineKind(StrEnum):
     NOTE = "note"
     RESOLVED = "resolved"
     REOPENED = "reopened"
+    RESTORED = "restored"  # a technical incident closed by itself: the device is heard again
 
 
 class Incident(Base):

@@ -35,7 +35,16 @@ def active_key(*, client: Client | None, device: Device) -> str:
     return f"client:{client.id}" if client is not None else f"device:{device.id}"
 
 
+def silent_key(device_id: int) -> str:
+    # Not "client:<id>": a silent device must never swallow a real alarm of the same person.
+    return f"silent:{device_id}"
+
+
 def active_key_for(incident: Incident) -> str:
+    """The key an incident holds while active: one alarm incident per person, one silence per device."""
+    if incident.kind == IncidentKind.DEVICE_SILENT:
+        assert incident.device_id is not None
+        return silent_key(incident.device_id)
     return f"client:{incident.client_id}" if incident.client_id is not None else f"device:{incident.device_id}"
 
 

@@ -6,10 +6,10 @@ on receipt and its bounded queue drops silently when full; either loses alarms o
 
 Threads: paho's network loop thread puts messages on a queue; one worker thread drains
 it in batches, commits each batch in one transaction, and acknowledges the batch. The
-broker's in-flight window (unacknowledged QoS 1 messages per client) bounds the queue:
-when the worker falls behind, the broker holds messages back (backpressure, no buffering
-without limit). If the database is down the worker keeps retrying the same batch and
-acknowledges nothing, so the broker keeps every message.
+queue is small (two batches): when the worker falls behind, paho's thread waits for room and
+the broker holds the rest (backpressure, no buffering without limit). If the database is
+down the worker keeps retrying the same batch and acknowledges nothing, so the broker keeps
+every message.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 20_000  # only reached if the broker ignores its in-flight limit; then paho's thread blocks
+# Messages received but not yet committed, at most. Mosquitto 2.0.11 does not hold to its in-flight
+# limit once acknowledgements flow, so this is the real bound: past it paho's network thread waits,
+# and the backlog stays in the broker (persisted) instead of in this process. Small, so that an
+# alarm waits behind at most two batches of heartbeats.
+QUEUE_BATCHES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,7 @@ class IngestConsumer:
         self._factory = session_factory
         self._batch_max = batch_max
         self._on_committed = on_committed
-        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=QUEUE_BATCHES * batch_max)
         self._stop = threading.Event()
         self._generation = 0
         self._connected = threading.Event()
@@ -191,7 +195,14 @@ class IngestConsumer:
             qos=msg.qos,
             generation=self._generation,
         )
-        self._queue.put(received)  # blocks only past QUEUE_LIMIT: backpressure onto the socket
+        # Backpressure: wait for room, but never past stop(), or stop() would wait on this thread
+        # forever. A message dropped here was not acknowledged: the broker sends it again.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(received, timeout=0.5)
+                break
+            except queue.Full:
+                continue
         metrics.INGEST_QUEUE.set(self._queue.qsize())
 
     # -- worker thread ---------------------------------------------------------------------

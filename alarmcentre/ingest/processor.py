@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.deadletters.models import MAX_STORED_PAYLOAD, DeadLetter
-from alarmcentre.devices.models import Device, DeviceEvent, DeviceStatus
+from alarmcentre.devices.models import BatteryReading, Device, DeviceEvent, DeviceStatus, SignalReading
 from alarmcentre.dispatch import escalation
 from alarmcentre.incidents import service as incidents
 from alarmcentre.ingest.protocol import (
@@ -38,7 +38,7 @@ from alarmcentre.ingest.protocol import (
 
 log = logging.getLogger(__name__)
 
-BATTERY_LOW_THRESHOLD = 20  # percent; a device's own low flag counts too
+RSSI_HISTORY_STEP = 3  # dB; smaller changes are noise and would write a row per heartbeat
 INTERNAL_ERROR = "internal_error"  # our bug, not the device's: dead-lettered and counted, never dropped
 
 
@@ -157,26 +157,32 @@ def _apply_event(
         if incident is not None:
             row.incident_id = result.incident_id = incident.id
     else:
-        _update_device_state(device, parsed, occurred_at)
+        _update_device_state(session, device, parsed, occurred_at, settings)
     return result
 
 
-def _update_device_state(device: Device, parsed: ParsedEvent, occurred_at: datetime) -> None:
+def _update_device_state(
+    session: Session, device: Device, parsed: ParsedEvent, occurred_at: datetime, settings: Settings
+) -> None:
     """Device-side signals. A buffered old event never overwrites newer state."""
     event = parsed.event
+    low_below = settings.battery_low_percent
     match parsed.type:
         case EventType.HEARTBEAT:
             if getattr(event, "battery", None) is not None and _newer(occurred_at, device.battery_at):
-                _set_battery(device, event.battery, None, occurred_at)  # type: ignore[attr-defined]
+                _set_battery(session, device, event.battery, None, occurred_at, low_below)  # type: ignore[attr-defined]
             if getattr(event, "rssi", None) is not None:
-                device.rssi = event.rssi  # type: ignore[attr-defined]
+                rssi = event.rssi  # type: ignore[attr-defined]
+                if device.rssi is None or abs(rssi - device.rssi) >= RSSI_HISTORY_STEP:
+                    session.add(SignalReading(device_id=device.id, at=occurred_at, rssi=rssi))
+                device.rssi = rssi
             mains = getattr(event, "mains", None)
             if mains is not None and mains != device.mains_power and _newer(occurred_at, device.mains_changed_at):
                 device.mains_power = mains
                 device.mains_changed_at = occurred_at
         case EventType.BATTERY:
             if _newer(occurred_at, device.battery_at):
-                _set_battery(device, event.level, event.low, occurred_at)  # type: ignore[attr-defined]
+                _set_battery(session, device, event.level, event.low, occurred_at, low_below)  # type: ignore[attr-defined]
         case EventType.POWER_LOST | EventType.POWER_RESTORED:
             if _newer(occurred_at, device.mains_changed_at):
                 device.mains_power = parsed.type == EventType.POWER_RESTORED
@@ -186,17 +192,27 @@ def _update_device_state(device: Device, parsed: ParsedEvent, occurred_at: datet
             if device.reported_config_version is None or version >= device.reported_config_version:
                 device.reported_config_version = version
                 device.config_error = None
+                if device.config_failed_version is not None and version >= device.config_failed_version:
+                    device.config_failed_version = None
         case EventType.CONFIG_FAILED:
             device.config_error = f"version {event.version}: {event.reason}"[:500]  # type: ignore[attr-defined]
+            device.config_failed_version = event.version  # type: ignore[attr-defined]
         case EventType.TAMPER:
             device.tamper_at = occurred_at
+        case EventType.TEST_CALL:
+            device.last_test_call_at = _later(device.last_test_call_at, occurred_at)
         case _:
-            pass  # test_call, carer_arrived/departed: the event log is the record
+            pass  # carer_arrived/departed: the event log is the record
 
 
-def _set_battery(device: Device, level: int, low_flag: bool | None, at: datetime) -> None:
+def _set_battery(session: Session, device: Device, level: int, low_flag: bool | None, at: datetime,
+                 low_below: int) -> None:
+    low = bool(low_flag) or level < low_below
+    # History keeps changes only: a heartbeat a minute must not write a row a minute.
+    if level != device.battery_level or low != device.battery_low:
+        session.add(BatteryReading(device_id=device.id, at=at, level=level, low=low))
     device.battery_level = level
-    device.battery_low = bool(low_flag) or level < BATTERY_LOW_THRESHOLD
+    device.battery_low = low
     device.battery_at = at
 
 

@@ -1,0 +1,95 @@
+"""Per-device broker logins: a Mosquitto password_file entry and the acl_file that confines it.
+
+A device logs in with its serial as username; the ACL's `%u` pattern lines let that username
+publish only to its own events/status topics and read only its own config/commands. The same
+ACL text is what the embedded brokers enforce (alarmcentre.broker.acl), so one rule set holds
+everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from alarmcentre.broker.acl import CENTRE_USER, DEMO_DEVICE_USER, Acl
+from alarmcentre.broker.mosquitto import pbkdf2_password_line
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN, TOPIC_PREFIX
+
+RESERVED_USERNAMES = frozenset({CENTRE_USER, DEMO_DEVICE_USER})
+
+DEVICE_PATTERN_LINES = (
+    f"pattern write {TOPIC_PREFIX}/%u/events",
+    f"pattern write {TOPIC_PREFIX}/%u/status",
+    f"pattern read {TOPIC_PREFIX}/%u/config",
+    f"pattern read {TOPIC_PREFIX}/%u/commands",
+)
+
+PRODUCTION_ACL = f"""\
+# Topic permissions for Mosquitto 2.x, written by `alarmcentre devices provision`.
+# The centre reads what devices send and writes what devices read.
+user {CENTRE_USER}
+topic read {TOPIC_PREFIX}/+/events
+topic read {TOPIC_PREFIX}/+/status
+topic write {TOPIC_PREFIX}/+/config
+topic write {TOPIC_PREFIX}/+/commands
+
+# Every device logs in with its serial (%u) and may use only its own topics.
+""" + "\n".join(DEVICE_PATTERN_LINES) + "\n"
+
+
+class ProvisionError(ValueError):
+    pass
+
+
+def check_serial(serial: str) -> None:
+    if not re.fullmatch(DEVICE_ID_PATTERN, serial):
+        raise ProvisionError(f"invalid serial {serial!r}: 1-64 letters, digits, - and _")
+    if serial in RESERVED_USERNAMES:
+        raise ProvisionError(f"{serial!r} is a reserved broker username and cannot be a device serial")
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)  # 192 bits
+
+
+def set_password(path: Path, username: str, password: str) -> bool:
+    """Add or replace `username` in a Mosquitto password file (PBKDF2-SHA512 `$7$`, as mosquitto_passwd
+    writes). Returns True if the user was new. Written atomically and owner-only."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    entry = pbkdf2_password_line(username, password)
+    kept = [line for line in lines if line.split(":", 1)[0] != username]
+    is_new = len(kept) == len(lines)
+    _write_private(path, "\n".join([*kept, entry]) + "\n")
+    return is_new
+
+
+def ensure_acl(path: Path) -> list[str]:
+    """Create the ACL, or add the per-device pattern lines it lacks; returns the lines added.
+
+    Per-device `user` sections are never written: the `%u` patterns cover every device, so the
+    file does not grow with the fleet. The result must parse (the subset both brokers understand).
+    """
+    if not path.exists():
+        _write_private(path, PRODUCTION_ACL, mode=0o644)
+        return list(DEVICE_PATTERN_LINES)
+    text = path.read_text()
+    present = {" ".join(line.split()) for line in text.splitlines()}
+    missing = [line for line in DEVICE_PATTERN_LINES if line not in present]
+    if missing:
+        text = text.rstrip("\n") + "\n\n# Added by `alarmcentre devices provision`: each device only its own topics.\n"
+        text += "\n".join(missing) + "\n"
+        _write_private(path, text, mode=0o644)
+    Acl.parse(path.read_text())  # refuse to leave a file the embedded broker would not understand
+    return missing
+
+
+def _write_private(path: Path, text: str, *, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
 from alarmcentre.users import service as users
-from alarmcentre.users.models import Role, User
+from alarmcentre.users.models import IntegrationKey, Role, User
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+api_key_scheme = APIKeyHeader(name="X-Api-Key", auto_error=False)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -26,7 +27,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def current_user(session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User:
-    user = users.user_for_token(session, token=token) if token else None
+    # An integration key is never a bearer token (it is looked up in its own table anyway).
+    is_key = token is not None and token.startswith(users.INTEGRATION_KEY_PREFIX)
+    user = users.user_for_token(session, token=token) if token and not is_key else None
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -37,6 +40,20 @@ def current_user(session: SessionDep, token: Annotated[str | None, Depends(oauth
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def integration_key(session: SessionDep, key: Annotated[str | None, Depends(api_key_scheme)]) -> IntegrationKey:
+    """Integration routes: an X-Api-Key of role integration, and nothing else (a staff token is refused)."""
+    found = users.integration_key_for(session, key=key) if key else None
+    if found is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, detail="missing or invalid X-Api-Key (no staff token here)",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+    return found
+
+
+IntegrationCaller = Annotated[IntegrationKey, Depends(integration_key)]
 
 
 def require_roles(*roles: Role) -> Callable[[User], User]:

@@ -27,6 +27,8 @@ from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
 from alarmcentre.tasks.views import router as tasks_router
 from alarmcentre.users.views import router as auth_router
+from alarmcentre.visits.views import integration_router
+from alarmcentre.visits.views import router as visits_router
 from alarmcentre.workorders.views import router as workorders_router
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ def create_app(
     checks.update(health_checks or {})
 
     for router in (auth_router, municipalities_router, clients_router, contacts_router, devices_router,
-                   incidents_router, deadletters_router, dispatch_router, tasks_router, workorders_router):
+                   incidents_router, deadletters_router, dispatch_router, tasks_router, workorders_router,
+                   visits_router, integration_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -33,6 +33,7 @@ from alarmcentre.incidents.models import TECHNICAL_PRIORITY, Incident, IncidentK
 from alarmcentre.incidents.service import append_timeline, silent_key
 from alarmcentre.tasks import service as tasks
 from alarmcentre.tasks.models import OperatorTask, TaskKind
+from alarmcentre.visits import service as visits
 from alarmcentre.workorders import service as workorders
 from alarmcentre.workorders.models import WorkOrder, WorkOrderKind
 
@@ -341,4 +342,5 @@ CARE_JOBS: dict[str, Job] = {
     "config_state": config_state,
     "monthly_test_reminders": monthly_test_reminders,
     "care_gauges": refresh_gauges,
+    "missed_visits": visits.missed_visits,
 }

@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--full-name", default="")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
+    integration = sub.add_parser("integration", help="API keys of other systems (the home-care service)")
+    integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
+    create_key = integration_sub.add_parser(
+        "create-key", help="create an API key of role integration (X-Api-Key); printed once, stored hashed")
+    _common(create_key)
+    create_key.add_argument("name", help="whose key, e.g. the home-care service's name")
+
     devices = sub.add_parser("devices", help="device broker logins")
     devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     provision = devices_sub.add_parser(
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
+        "integration": _cmd_integration,
     }
     from sqlalchemy.exc import OperationalError
 
@@ -224,6 +232,24 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"created {user.role} {user.username}")
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
+    return 0
+
+
+def _cmd_integration(args: argparse.Namespace, settings: Settings) -> int:
+    """`integration create-key NAME`: the key is printed once; only its digest is stored."""
+    from alarmcentre.db import transaction
+    from alarmcentre.runtime import Database
+    from alarmcentre.users import service
+
+    db = Database.open(settings)
+    try:
+        with transaction(db.sessions) as session:
+            key = service.create_integration_key(session, name=args.name)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    print(key)
+    print(f"integration key {args.name!r} created: send it as the X-Api-Key header; it is not shown again",
+          file=sys.stderr)
     return 0
 
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     config_pending_hours: float = Field(24, gt=0, description="a configuration not applied within this: work order")
     monthly_test_days: int = Field(30, ge=1, description="no test call for this long: remind the client")
     config_publish_timeout_s: float = Field(5.0, gt=0, description="wait this long for the broker's PUBACK")
+    # Home-care visits (alarmcentre/visits; docs/visits.md).
+    missed_visit_after_minutes: int = Field(
+        30, ge=1, description="a planned visit with no arrival this long after its window opened: operator task")
     log_json: bool = False
     log_level: str = "INFO"
 

@@ -15,11 +15,13 @@ from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, 
 from alarmcentre.incidents.models import Incident, TimelineEntry
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.tasks.models import OperatorTask
-from alarmcentre.users.models import ApiToken, User
+from alarmcentre.users.models import ApiToken, IntegrationKey, User
+from alarmcentre.visits.models import HomeCareWorker, Visit
 from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
     "ApiToken", "BatteryReading", "Client", "Contact", "DeadLetter", "Device", "DeviceAssignment",
-    "DeviceConfigVersion", "DeviceEvent", "Incident", "IncidentStep", "Municipality", "OperatorTask", "PlanStep",
-    "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "WorkOrder", "WorkOrderNote",
+    "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep", "IntegrationKey",
+    "Municipality", "OperatorTask", "PlanStep", "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry",
+    "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",
 ]

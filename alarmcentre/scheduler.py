@@ -2,7 +2,7 @@
 
 Jobs: the escalation sweep (due timers), the SMS sender (queued texts), fleet gauges, and device
 care (alarmcentre/care.py): supervision, welfare checks, batteries, mains power, programming
-state, configuration republishing, monthly test reminders.
+state, configuration republishing, monthly test reminders, missed home-care visits (alarmcentre/visits).
 """
 
 from __future__ import annotations

@@ -61,7 +61,10 @@ def protected_routes() -> list[tuple[str, str]]:
     )
 
 
-PROTECTED_ROUTES = protected_routes()
+# The home-care service's system: its own API key (X-Api-Key), never a staff token (tests/test_visits.py).
+INTEGRATION_PREFIX = "/api/v1/integration/"
+INTEGRATION_ROUTES = [(m, p) for m, p in protected_routes() if p.startswith(INTEGRATION_PREFIX)]
+PROTECTED_ROUTES = [(m, p) for m, p in protected_routes() if not p.startswith(INTEGRATION_PREFIX)]
 
 
 # -- the test harness ----------------------------------------------------------------------------
@@ -187,9 +190,13 @@ def test_the_route_list_is_complete_and_matches_the_published_schema() -> None:
     app = create_app(settings=Settings(), session_factory=sessionmaker())
     schema = TestClient(app).get("/openapi.json").json()
     published = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
-    assert published - {(m, p) for m, p in published if p in PUBLIC_PATHS} == set(PROTECTED_ROUTES)
+    assert (published - {(m, p) for m, p in published if p in PUBLIC_PATHS}
+            == set(PROTECTED_ROUTES) | set(INTEGRATION_ROUTES))
     for method, path in PROTECTED_ROUTES:  # the schema tells clients to send the bearer token
         assert schema["paths"][path][method.lower()].get("security") == [{"OAuth2PasswordBearer": []}], path
+    assert len(INTEGRATION_ROUTES) >= 3
+    for method, path in INTEGRATION_ROUTES:  # ... and the other system its API key
+        assert schema["paths"][path][method.lower()].get("security") == [{"APIKeyHeader": []}], path
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED_ROUTES, ids=[f"{m} {p}" for m, p in PROTECTED_ROUTES])
@@ -674,6 +681,7 @@ def test_open_incidents_are_listed_most_urgent_first_with_a_timeline(any_api: Ap
     detail = response.json()
     timeline = detail.pop("timeline")
     assert detail.pop("steps") == []  # the client has no response plan
+    assert (detail.pop("carer_on_site_since"), detail.pop("carer_on_site_name")) == (None, None)  # no visit
     assert detail == press
     assert [(e["kind"], e["actor"]) for e in timeline] == [
         ("opened", "device:PRESS"), ("signal", "device:PRESS"), ("cancel", "device:PRESS")]

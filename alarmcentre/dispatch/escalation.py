@@ -34,6 +34,7 @@ from alarmcentre.dispatch.sms import queue_sms
 from alarmcentre.incidents.models import Incident, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import append_timeline
 from alarmcentre.users.models import Role, User
+from alarmcentre.visits import service as visits
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ def record_answer(session: Session, *, incident: Incident, step: IncidentStep, a
         cancel_timers(session, incident_id=incident.id, step_id=step.id)
     append_timeline(session, incident, kind=TimelineKind.STEP_ANSWER, actor=actor, user_id=user_id,
                     details={**_step_details(step), "answer": answer.value, "via": via})
+    # A home-care worker's answer is also a visit (visits depends on dispatch.models only: no cycle).
+    visit = visits.on_step_answer(session, incident_id=incident.id, client_id=incident.client_id, step=step,
+                                  answer=answer.value)
+    if visit is not None and answer == texts.Reply.ACCEPT:
+        append_timeline(session, incident, kind=TimelineKind.NOTE, actor="system",
+                        details={"text": f"home-care visit {visit.id} recorded", "visit_id": visit.id,
+                                 "worker_id": visit.worker_id})
     if answer == texts.Reply.DECLINE:
         advance(session, incident=incident, after=step, reason="declined")
 

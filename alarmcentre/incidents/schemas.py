@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from alarmcentre.dispatch.schemas import IncidentStepOut
 from alarmcentre.incidents.models import IncidentKind, IncidentStatus, TimelineKind
@@ -43,3 +43,6 @@ class IncidentOut(BaseModel):
 class IncidentDetailOut(IncidentOut):
     timeline: list[TimelineEntryOut]
     steps: list[IncidentStepOut]
+    carer_on_site_since: datetime | None = Field(None, description="a home-care worker's visit for this incident "
+                                                 "is in progress since (docs/visits.md)")
+    carer_on_site_name: str | None = None

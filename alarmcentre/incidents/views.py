@@ -12,6 +12,7 @@ from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.incidents.schemas import IncidentDetailOut, IncidentOut
 from alarmcentre.schemas import MAX_ID, Id
 from alarmcentre.users.models import User
+from alarmcentre.visits import service as visits
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 Reader = Annotated[User, Depends(require_roles(*INCIDENT_ROLES))]
@@ -28,8 +29,12 @@ def list_incidents(
 
 
 @router.get("/{incident_id}", response_model=IncidentDetailOut)
-def get_incident(incident_id: Id, session: SessionDep, _u: Reader) -> Incident:
+def get_incident(incident_id: Id, session: SessionDep, _u: Reader) -> IncidentDetailOut:
     incident = service.get_incident(session, incident_id=incident_id)
     if incident is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"incident {incident_id} not found")
-    return incident
+    out = IncidentDetailOut.model_validate(incident)
+    visit = visits.carer_on_site(session, incident_id=incident.id)
+    if visit is not None:
+        out.carer_on_site_since, out.carer_on_site_name = visit.arrived_at, visit.worker_name
+    return out

@@ -35,6 +35,7 @@ from alarmcentre.ingest.protocol import (
     event_time,
     parse_message,
 )
+from alarmcentre.visits import service as visits
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ def _apply_event(
         device.online = True
         device.online_changed_at = received_at
 
-    client = session.get(Client, device.client_id) if device.client_id is not None else None
+    # The client is loaded only for signals about the person: most traffic is heartbeats.
+    needs_client = parsed.type in PERSON_INITIATED_TYPES or parsed.type in ALARM_TYPES
+    client = session.get(Client, device.client_id) if needs_client and device.client_id is not None else None
     if parsed.type in PERSON_INITIATED_TYPES and client is not None:
         client.last_contact_at = _later(client.last_contact_at, occurred_at)
 
@@ -201,8 +204,12 @@ def _update_device_state(
             device.tamper_at = occurred_at
         case EventType.TEST_CALL:
             device.last_test_call_at = _later(device.last_test_call_at, occurred_at)
+        case EventType.CARER_ARRIVED | EventType.CARER_DEPARTED:
+            if device.client_id is not None:  # the client's visit (docs/visits.md); the event log keeps the rest
+                visits.device_carer_event(session, client_id=device.client_id, at=occurred_at,
+                                          arrived=parsed.type == EventType.CARER_ARRIVED)
         case _:
-            pass  # carer_arrived/departed: the event log is the record
+            pass
 
 
 def _set_battery(session: Session, device: Device, level: int, low_flag: bool | None, at: datetime,

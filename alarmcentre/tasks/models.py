@@ -19,6 +19,7 @@ class TaskKind(StrEnum):
     POWER_LOSS = "power_loss"  # mains lost: phone, inform and help the client
     BATTERY_NOTICE = "battery_notice"  # tell the client a technician will replace the battery
     MONTHLY_TEST_REMINDER = "monthly_test_reminder"
+    MISSED_VISIT = "missed_visit"  # a planned home-care visit has no arrival: call the worker, then the client
 
 
 class TaskStatus(StrEnum):

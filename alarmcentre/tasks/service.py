@@ -32,13 +32,14 @@ def task_key(kind: TaskKind, *, client_id: int | None = None, device_id: int | N
 def open_task(
     session: Session, *, kind: TaskKind, due_at: datetime, client_id: int | None = None,
     device_id: int | None = None, key_device: bool = False, details: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> OperatorTask | None:
     """Open the task unless one is active for the same subject; returns the new task or None.
 
     The unique active_key decides: of two schedulers racing here, one insert fails (inside a
     SAVEPOINT) and that one returns None.
     """
-    key = task_key(kind, client_id=None if key_device else client_id, device_id=device_id)
+    key = key or task_key(kind, client_id=None if key_device else client_id, device_id=device_id)
     if session.scalar(select(OperatorTask.id).where(OperatorTask.active_key == key)) is not None:
         return None
     task = OperatorTask(kind=kind, status=TaskStatus.OPEN, client_id=client_id, device_id=device_id,

@@ -19,6 +19,8 @@ class Role(StrEnum):
     SUPERVISOR = "supervisor"
     TECHNICIAN = "technician"
     ADMIN = "admin"
+    # The home-care service's system: integration routes only, with an IntegrationKey (never a User).
+    INTEGRATION = "integration"
 
 
 class User(Base):
@@ -46,4 +48,20 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
     expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class IntegrationKey(Base):
+    """An API key of another system (role integration), sent as X-Api-Key; only its SHA-256 is stored.
+
+    Deliberately not a User and not an ApiToken: operator routes never accept it, and integration
+    routes accept nothing else."""
+
+    __tablename__ = "integration_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(str_enum(Role), default=Role.INTEGRATION)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
     revoked_at: Mapped[datetime | None]

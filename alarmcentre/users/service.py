@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
-from alarmcentre.users.models import ApiToken, Role, User
+from alarmcentre.users.models import ApiToken, IntegrationKey, Role, User
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong username costs as long as a wrong password.
@@ -81,3 +81,21 @@ def revoke_token(session: Session, *, token: str) -> bool:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+INTEGRATION_KEY_PREFIX = "ack_"  # tells a key from a bearer token at a glance (logs, support)
+
+
+def create_integration_key(session: Session, *, name: str) -> str:
+    """A new key for another system; returned once, stored only as its digest."""
+    if session.scalar(select(IntegrationKey).where(IntegrationKey.name == name)) is not None:
+        raise UserExists(f"integration key {name!r} exists already")
+    key = INTEGRATION_KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(IntegrationKey(name=name, key_hash=_digest(key), role=Role.INTEGRATION))
+    session.flush()
+    return key
+
+
+def integration_key_for(session: Session, *, key: str) -> IntegrationKey | None:
+    row = session.scalar(select(IntegrationKey).where(IntegrationKey.key_hash == _digest(key)))
+    return row if row is not None and row.revoked_at is None and row.role == Role.INTEGRATION else None

@@ -1,0 +1,1 @@
+"""Home-care visits: the home-care service's workers and their visits to clients (docs/visits.md)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import count
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,17 @@ from alarmcentre.ingest.protocol import events_topic
 from alarmcentre.municipalities.models import Municipality
 
 _names = count(1)
+
+
+class Clock:
+    """A controlled clock: installs itself as alarmcentre's clock; the conftest restores the real one."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        clock.set_clock(lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def make_client(session: Session, *, care_level: int = 2, name: str | None = None) -> Client:

@@ -44,20 +44,11 @@ from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
 from alarmcentre.users.models import Role
 from alarmcentre.users.service import create_user
-from tests.factories import make_client, make_device, message
+from tests.factories import Clock, make_client, make_device, message
 
 T0 = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
 WORKER, NEIGHBOUR, SUPERVISOR_PHONE = "+37120000001", "+37120000002", "+37129999999"
 PASSWORD = "night-shift-1"
-
-
-class Clock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        clock.set_clock(lambda: self.now)
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass

@@ -49,7 +49,7 @@ from alarmcentre.runtime import Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from tests import fake_twilio
-from tests.factories import make_client
+from tests.factories import Clock, make_client
 from tests.fake_twilio import Callback, FakeTwilio
 
 ACCOUNT_SID = "AC" + "5ea15ea1" * 4
@@ -71,15 +71,6 @@ PLAN: list[PlanEntry] = [
     (ContactKind.NEIGHBOUR, "Kārlis Ozols", NEIGHBOUR, LV),
     (ContactKind.RELATIVE, "John Bērziņš", RELATIVE, EN),
 ]
-
-
-class Clock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        clock.set_clock(lambda: self.now)
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass

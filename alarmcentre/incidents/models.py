@@ -51,6 +51,7 @@ class TimelineKind(StrEnum):
     RESOLVED = "resolved"
     REOPENED = "reopened"
     RESTORED = "restored"  # a technical incident closed by itself: the device is heard again
+    ACCESS_REVEALED = "access_revealed"  # the owner looked at the door/key-safe codes (audited)
 
 
 class Incident(Base):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -41,6 +42,46 @@ def ensure_admin(session: Session, *, username: str, password: str) -> User:
     if existing is not None:
         return existing
     return create_user(session, username=username, password=password, role=Role.ADMIN, full_name="Administrator")
+
+
+# Lockout after repeated wrong passwords: short at first, so that a night operator who mistypes
+# is not locked out for long, but growing so that guessing stays hopeless.
+FREE_ATTEMPTS = 5
+MAX_LOCKOUT = timedelta(minutes=15)
+
+
+@dataclass
+class LoginResult:
+    user: User | None
+    locked_until: datetime | None = None
+
+
+def check_login(session: Session, *, username: str, password: str) -> LoginResult:
+    """Authenticate with lockout. Counts failures in `session`: the caller must commit it even when
+    the login fails (an HTTP route answers 401 rather than raising, so its transaction commits)."""
+    now = clock.now()
+    user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
+    if user is not None and user.locked_until is not None and user.locked_until > now:
+        return LoginResult(None, locked_until=user.locked_until)
+    found = authenticate(session, username=username, password=password)
+    if found is not None:
+        found.failed_logins, found.locked_until = 0, None
+        return LoginResult(found)
+    if user is not None:
+        user.failed_logins += 1
+        over = user.failed_logins - FREE_ATTEMPTS
+        if over >= 0:
+            user.locked_until = now + min(timedelta(minutes=2 ** over), MAX_LOCKOUT)
+            return LoginResult(None, locked_until=user.locked_until)
+    return LoginResult(None)
+
+
+def unlock(session: Session, *, username: str) -> bool:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        return False
+    user.failed_logins, user.locked_until = 0, None
+    return True
 
 
 def authenticate(session: Session, *, username: str, password: str) -> User | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
@@ -30,11 +31,16 @@ class UserOut(BaseModel):
     language: Language
 
 
-@router.post("/token", response_model=TokenOut)
+@router.post("/token", response_model=TokenOut, responses={401: {"description": "wrong login, or locked"}})
 def login(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
-    user = service.authenticate(session, username=form.username, password=form.password)
+    result = service.check_login(session, username=form.username, password=form.password)
+    user = result.user
     if user is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong username or password",
+        # Answered, not raised: the failure count must be committed with this request.
+        detail = "wrong username or password"
+        if result.locked_until is not None:
+            detail = f"too many failed logins: locked until {result.locked_until.isoformat()}"
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_401_UNAUTHORIZED,  # type: ignore[return-value]
                             headers={"WWW-Authenticate": "Bearer"})
     ttl = timedelta(hours=request.app.state.settings.token_ttl_hours)
     return TokenOut(access_token=service.issue_token(session, user=user, ttl=ttl),

@@ -1,0 +1,107 @@
+"""Human words for the codes stored in the database (translated through the catalogue)."""
+
+from __future__ import annotations
+
+
+def N_(message: str) -> str:  # noqa: N802 - the gettext convention: marks a message for extraction
+    return message
+
+
+LABELS: dict[str, str] = {
+    # incident kinds
+    "button_press": N_("Button press"),
+    "pull_cord": N_("Pull cord"),
+    "fall_detected": N_("Fall detected"),
+    "device_silent": N_("Device silent"),
+    # incident states
+    "open": N_("Waiting"),
+    "acknowledged": N_("Being handled"),
+    "resolved": N_("Resolved"),
+    # timeline entries
+    "opened": N_("Alarm received"),
+    "signal": N_("Another signal"),
+    "cancel": N_("Cancelled on the device"),
+    "supervisor_alert": N_("Supervisor alerted: not answered in time"),
+    "call": N_("Call to the client"),
+    "notified": N_("Contact informed by SMS"),
+    "step_started": N_("Plan step started"),
+    "step_answer": N_("Answer"),
+    "step_timeout": N_("No answer in time"),
+    "step_failed": N_("SMS not delivered"),
+    "sms_reply": N_("SMS reply"),
+    "emergency_called": N_("Emergency services called"),
+    "handover": N_("Handed over"),
+    "note": N_("Note"),
+    "reopened": N_("Reopened"),
+    "restored": N_("Device heard again"),
+    "access_revealed": N_("Access information revealed"),
+    # plan step states
+    "pending": N_("Not started"),
+    "waiting": N_("Waiting for answer"),
+    "task": N_("Operator task"),
+    "accepted": N_("Accepted"),
+    "arrived": N_("Arrived"),
+    "done": N_("Done"),
+    "declined": N_("Declined"),
+    "no_answer": N_("No answer"),
+    "failed": N_("Failed"),
+    "cancelled": N_("Cancelled"),
+    # channels
+    "sms": N_("SMS"),
+    "operator_task": N_("Phone / task"),
+    # contact and resource kinds
+    "relative": N_("Relative"),
+    "neighbour": N_("Neighbour"),
+    "emergency": N_("Emergency contact"),
+    "home_care_worker": N_("Home-care worker"),
+    "keys_service": N_("Keys service"),
+    "home_care_on_duty": N_("Home care on duty"),
+    "emergency_services": N_("Emergency services"),
+    "family_doctor": N_("Family doctor"),
+    "other": N_("Other"),
+    # outcomes
+    "accidental_press": N_("Accidental press"),
+    "assistance_at_home": N_("Helped by talking"),
+    "carer_visit": N_("Home-care worker visited"),
+    "relative_attended": N_("Relative attended"),
+    "neighbour_attended": N_("Neighbour attended"),
+    "ambulance": N_("Ambulance"),
+    "hospitalised": N_("Hospitalised"),
+    "fall_without_injury": N_("Fall without injury"),
+    "police_or_rescue": N_("Police or rescue"),
+    "test": N_("Test"),
+    "technical_fault": N_("Technical fault"),
+    "deceased": N_("Deceased"),
+    # what the client said on a call
+    "needs_help": N_("Needs help"),
+    "wants_to_talk": N_("Wants to talk"),
+    "all_well": N_("All well"),
+    # SMS
+    "queued": N_("Queued"),
+    "sent": N_("Sent"),
+    "delivered": N_("Delivered"),
+    "received": N_("Received"),
+    "in": N_("In"),
+    "out": N_("Out"),
+    # client states and languages
+    "active": N_("Active"),
+    "paused": N_("Paused"),
+    "ended": N_("Ended"),
+    "lv": N_("Latvian"),
+    "en": N_("English"),
+    "ru": N_("Russian"),
+    # roles
+    "operator": N_("Operator"),
+    "supervisor": N_("Supervisor"),
+    "technician": N_("Technician"),
+    "admin": N_("Administrator"),
+    # step answers an operator records
+    "accept": N_("Accepted"),
+    "decline": N_("Declined"),
+}
+
+
+def label(code: object) -> str:
+    """The English label of a code (translated by the caller); an unknown code shows as itself."""
+    text = str(getattr(code, "value", code))
+    return LABELS.get(text, text)

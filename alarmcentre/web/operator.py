@@ -1,0 +1,351 @@
+"""The operators' pages: the live queue, incidents with their plan and timeline, the actions,
+and revealing access information."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from alarmcentre import clock
+from alarmcentre.api_deps import INCIDENT_ROLES, SessionDep
+from alarmcentre.clients import access
+from alarmcentre.clients.models import Client
+from alarmcentre.devices.models import Device
+from alarmcentre.dispatch import actions
+from alarmcentre.dispatch.schemas import CallIn, EmergencyIn, HandoverIn, NoteIn, ReopenIn, ResolveIn, StepAnswerIn
+from alarmcentre.incidents import service as incidents
+from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry, TimelineKind
+from alarmcentre.schemas import MAX_ID
+from alarmcentre.tasks.models import OperatorTask, TaskStatus
+from alarmcentre.users.models import Role, User
+from alarmcentre.visits import service as visits
+from alarmcentre.web.auth import check_csrf, roles
+from alarmcentre.web.render import render, translate
+
+router = APIRouter(include_in_schema=False)
+Operator = Annotated[User, Depends(roles(*INCIDENT_ROLES))]
+ALARM_KINDS = (IncidentKind.BUTTON_PRESS, IncidentKind.PULL_CORD, IncidentKind.FALL_DETECTED)
+
+
+# -- the queue ---------------------------------------------------------------------------
+
+
+def queue_rows(session: Session) -> list[dict[str, Any]]:
+    """Every incident not resolved, most urgent first: priority, then how long it has waited."""
+    owner = aliased(User)
+    rows = session.execute(
+        select(Incident, Client, owner.username, owner.full_name, Device.serial)
+        .outerjoin(Client, Client.id == Incident.client_id)
+        .outerjoin(owner, owner.id == Incident.owner_id)
+        .outerjoin(Device, Device.id == Incident.device_id)
+        .where(Incident.status != IncidentStatus.RESOLVED)
+        .order_by(Incident.priority, Incident.opened_at, Incident.id)
+    ).all()
+    ids = [incident.id for incident, *_ in rows]
+    alerts: dict[int, int] = {}
+    if ids:
+        alerts = dict(session.execute(
+            select(TimelineEntry.incident_id, func.count()).where(
+                TimelineEntry.incident_id.in_(ids), TimelineEntry.kind == TimelineKind.SUPERVISOR_ALERT)
+            .group_by(TimelineEntry.incident_id)).all())
+    return [{"incident": incident, "client": client, "owner": owner_full or owner_name, "serial": serial,
+             "alerts": alerts.get(incident.id, 0), "technical": incident.kind not in ALARM_KINDS}
+            for incident, client, owner_name, owner_full, serial in rows]
+
+
+def todays_figures(session: Session, zone: ZoneInfo, *, target_s: int, limit_s: int) -> dict[str, Any]:
+    """Alarms since local midnight and how fast they were answered (acknowledged)."""
+    now = clock.now()
+    midnight = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
+    opened = session.execute(
+        select(Incident.opened_at, Incident.acknowledged_at)
+        .where(Incident.opened_at >= midnight, Incident.kind.in_(ALARM_KINDS))).all()
+    total = len(opened)
+
+    def within(seconds: int) -> int:
+        return sum(1 for start, ack in opened if ack is not None and (ack - start).total_seconds() <= seconds)
+
+    def percent(count: int) -> str:
+        return f"{100 * count / total:.0f}" if total else "–"
+
+    open_count = session.scalar(select(func.count()).select_from(Incident)
+                                .where(Incident.status != IncidentStatus.RESOLVED)) or 0
+    tasks = session.scalar(select(func.count()).select_from(OperatorTask)
+                           .where(OperatorTask.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))) or 0
+    return {"alarms": total, "within_target": percent(within(target_s)), "within_limit": percent(within(limit_s)),
+            "open": open_count, "tasks": tasks}
+
+
+def _queue_context(request: Request, session: Session) -> dict[str, Any]:
+    settings = request.app.state.settings
+    return {"rows": queue_rows(session),
+            "figures": todays_figures(session, ZoneInfo(settings.local_timezone),
+                                      target_s=settings.answer_target_s, limit_s=settings.answer_limit_s)}
+
+
+@router.get("/ui/queue")
+def queue_page(request: Request, session: SessionDep, _user: Operator) -> Response:
+    return render(request, "queue.html", _queue_context(request, session))
+
+
+@router.get("/ui/queue/rows")
+def queue_fragment(request: Request, session: SessionDep, _user: Operator) -> Response:
+    return render(request, "_queue_rows.html", _queue_context(request, session))
+
+
+@router.get("/ui/alarms")
+def waiting_alarms(session: SessionDep, _user: Operator) -> JSONResponse:
+    """Alarms nobody has taken yet: every page of an operator alerts (sound, title) while there are any."""
+    rows = session.execute(select(Incident.id, Incident.opened_at).where(
+        Incident.status == IncidentStatus.OPEN, Incident.kind.in_(ALARM_KINDS))
+        .order_by(Incident.priority, Incident.opened_at)).all()
+    return JSONResponse({"waiting": [{"id": i, "opened": int(at.timestamp() * 1000)} for i, at in rows]},
+                        headers={"Cache-Control": "no-store"})
+
+
+# -- incidents: search and view -----------------------------------------------------------
+
+
+@router.get("/ui/incidents")
+def incident_list(request: Request, session: SessionDep, _user: Operator, q: str = "", state: str = "all",
+                  days: int = 7) -> Response:
+    days = min(max(days, 1), 366)
+    since = clock.now() - timedelta(days=days)
+    query = (select(Incident, Client).outerjoin(Client, Client.id == Incident.client_id)
+             .where(or_(Incident.opened_at >= since, Incident.status != IncidentStatus.RESOLVED))
+             .order_by(Incident.opened_at.desc()).limit(300))
+    if state == "open":
+        query = query.where(Incident.status != IncidentStatus.RESOLVED)
+    elif state == "resolved":
+        query = query.where(Incident.status == IncidentStatus.RESOLVED)
+    text = q.strip()[:100].replace("\x00", "")
+    if text:
+        conditions = [Client.full_name.ilike(f"%{text}%"), Client.address.ilike(f"%{text}%")]
+        if text.isdigit() and int(text) <= MAX_ID:
+            conditions += [Incident.id == int(text), Client.id == int(text)]
+        query = query.where(or_(*conditions))
+    rows = session.execute(query).all()
+    return render(request, "incidents.html", {"rows": rows, "q": text, "state": state, "days": days})
+
+
+def _load(session: Session, incident_id: int, *, lock: bool = False) -> Incident:
+    incident = None
+    if 0 < incident_id <= MAX_ID:
+        incident = session.get(Incident, incident_id, with_for_update=lock) if lock else \
+            incidents.get_incident(session, incident_id=incident_id)
+    if incident is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such incident")
+    return incident
+
+
+def _usernames(session: Session, ids: set[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    return {uid: (full or name) for uid, name, full in
+            session.execute(select(User.id, User.username, User.full_name).where(User.id.in_(wanted))).all()}
+
+
+def _incident_context(request: Request, session: Session, incident: Incident, user: User) -> dict[str, Any]:
+    client = session.get(Client, incident.client_id) if incident.client_id else None
+    device = session.get(Device, incident.device_id) if incident.device_id else None
+    recent: list[Incident] = []
+    last_visits: list[Any] = []
+    next_visit = None
+    if client is not None:
+        recent = list(session.scalars(select(Incident).where(Incident.client_id == client.id,
+                                                             Incident.id != incident.id)
+                                      .order_by(Incident.opened_at.desc()).limit(5)))
+        found, next_visit = visits.client_visits(session, client_id=client.id, limit=5)
+        last_visits = list(found)
+    staff = _usernames(session, {incident.owner_id, incident.acknowledged_by, incident.resolved_by})
+    colleagues = session.scalars(select(User).where(User.active, User.role.in_((Role.OPERATOR, Role.SUPERVISOR)),
+                                                    User.id != user.id).order_by(User.username)).all()
+    settings = request.app.state.settings
+    reopen_until = (incident.resolved_at + timedelta(minutes=settings.reopen_window_minutes)
+                    if incident.resolved_at else None)
+    return {
+        "incident": incident, "client": client, "device": device, "recent": recent,
+        "last_visits": last_visits, "next_visit": next_visit, "staff": staff, "colleagues": colleagues,
+        "timeline": list(reversed(incident.timeline)), "steps": incident.steps,
+        "has_access": client is not None and access.has_access_info(session, client_id=client.id),
+        "can_reveal": _reveal_allowed(incident, user),
+        "mine": incident.owner_id == user.id,
+        "can_reopen": reopen_until is not None and clock.now() <= reopen_until,
+        "outcomes": list(actions.Outcome), "client_said": list(actions.ClientSaid),
+        "technical": incident.kind not in ALARM_KINDS,
+    }
+
+
+def _reveal_allowed(incident: Incident, user: User) -> bool:
+    return (user.role in access.REVEALING_ROLES and incident.status == IncidentStatus.ACKNOWLEDGED
+            and incident.owner_id == user.id and incident.client_id is not None)
+
+
+@router.get("/ui/incidents/{incident_id}")
+def incident_page(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
+    incident = _load(session, incident_id)
+    return render(request, "incident.html", _incident_context(request, session, incident, user))
+
+
+@router.get("/ui/incidents/{incident_id}/live")
+def incident_fragment(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
+    incident = _load(session, incident_id)
+    return render(request, "_incident_live.html", _incident_context(request, session, incident, user))
+
+
+# -- actions (forms) ---------------------------------------------------------------------
+
+
+class ActionRefused(Exception):
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@contextmanager
+def _refusals(session: Session) -> Iterator[None]:
+    """An action that is refused changes nothing (savepoint) and is explained on the page."""
+    try:
+        with session.begin_nested():
+            yield
+    except actions.Conflict as exc:
+        raise ActionRefused(str(exc), status.HTTP_409_CONFLICT) from exc
+    except (actions.Forbidden, access.RevealRefused) as exc:
+        raise ActionRefused(str(exc), status.HTTP_403_FORBIDDEN) from exc
+    except actions.Invalid as exc:
+        raise ActionRefused(str(exc), status.HTTP_422_UNPROCESSABLE_CONTENT) from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ActionRefused(problems, status.HTTP_422_UNPROCESSABLE_CONTENT) from exc
+
+
+def _act(request: Request, session: Session, user: User, incident_id: int,
+         do: Callable[[Incident], None]) -> Response:
+    incident = _load(session, incident_id, lock=True)
+    try:
+        with _refusals(session):
+            do(incident)
+    except ActionRefused as refused:
+        session.expire_all()
+        fresh = _load(session, incident_id)
+        context = _incident_context(request, session, fresh, user)
+        context["error"] = translate(request, "Not done: %(reason)s", reason=str(refused))
+        return render(request, "incident.html", context, status_code=refused.status_code)
+    return RedirectResponse(f"/ui/incidents/{incident_id}", status_code=303)
+
+
+Csrf = Depends(check_csrf)
+Text = Annotated[str, Form(max_length=5000)]
+
+
+@router.post("/ui/incidents/{incident_id}/acknowledge", dependencies=[Csrf])
+def acknowledge(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
+    return _act(request, session, user, incident_id, lambda i: actions.acknowledge(session, incident=i, user=user))
+
+
+@router.post("/ui/incidents/{incident_id}/call", dependencies=[Csrf])
+def call(request: Request, session: SessionDep, user: Operator, incident_id: int,
+         answered: Annotated[str, Form()] = "yes", client_said: Annotated[str, Form()] = "other",
+         notes: Text = "") -> Response:
+    def do(incident: Incident) -> None:
+        body = CallIn(answered=answered == "yes", client_said=client_said if answered == "yes" else "no_answer",
+                      notes=notes)
+        actions.record_call(session, incident=incident, user=user, answered=body.answered,
+                            client_said=body.client_said, notes=body.notes)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/steps/{step_id}/start", dependencies=[Csrf])
+def start_step(request: Request, session: SessionDep, user: Operator, incident_id: int, step_id: int) -> Response:
+    return _act(request, session, user, incident_id,
+                lambda i: actions.start_step(session, incident=i, user=user, step_id=step_id))
+
+
+@router.post("/ui/incidents/{incident_id}/steps/{step_id}/notify", dependencies=[Csrf])
+def notify(request: Request, session: SessionDep, user: Operator, incident_id: int, step_id: int) -> Response:
+    return _act(request, session, user, incident_id,
+                lambda i: actions.notify_contact(session, incident=i, user=user, step_id=step_id))
+
+
+@router.post("/ui/incidents/{incident_id}/steps/{step_id}/answer", dependencies=[Csrf])
+def answer_step(request: Request, session: SessionDep, user: Operator, incident_id: int, step_id: int,
+                answer: Annotated[str, Form()]) -> Response:
+    def do(incident: Incident) -> None:
+        body = StepAnswerIn(answer=answer)  # type: ignore[arg-type]
+        actions.answer_step(session, incident=incident, user=user, step_id=step_id, answer=body.answer)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/emergency", dependencies=[Csrf])
+def emergency(request: Request, session: SessionDep, user: Operator, incident_id: int,
+              number: Annotated[str, Form()] = "113", reference: Annotated[str, Form(max_length=100)] = "",
+              notes: Text = "") -> Response:
+    def do(incident: Incident) -> None:
+        body = EmergencyIn(number=number, reference=reference, notes=notes)  # type: ignore[arg-type]
+        actions.record_emergency_call(session, incident=incident, user=user, number=body.number,
+                                      reference=body.reference, notes=body.notes)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/note", dependencies=[Csrf])
+def note(request: Request, session: SessionDep, user: Operator, incident_id: int, text: Text = "") -> Response:
+    def do(incident: Incident) -> None:
+        actions.add_note(session, incident=incident, user=user, text=NoteIn(text=text).text)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/handover", dependencies=[Csrf])
+def handover(request: Request, session: SessionDep, user: Operator, incident_id: int,
+             to_user_id: Annotated[int, Form()], notes: Text = "") -> Response:
+    def do(incident: Incident) -> None:
+        body = HandoverIn(to_user_id=to_user_id, notes=notes)
+        actions.hand_over(session, incident=incident, user=user, to_user_id=body.to_user_id, notes=body.notes)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/resolve", dependencies=[Csrf])
+def resolve(request: Request, session: SessionDep, user: Operator, incident_id: int,
+            outcome: Annotated[str, Form()] = "", notes: Text = "") -> Response:
+    def do(incident: Incident) -> None:
+        body = ResolveIn(outcome=outcome, notes=notes)  # type: ignore[arg-type]
+        actions.resolve(session, incident=incident, user=user, outcome=body.outcome, notes=body.notes)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/reopen", dependencies=[Csrf])
+def reopen(request: Request, session: SessionDep, user: Operator, incident_id: int,
+           reason: Annotated[str, Form(max_length=500)] = "") -> Response:
+    def do(incident: Incident) -> None:
+        actions.reopen(session, incident=incident, user=user, reason=ReopenIn(reason=reason).reason,
+                       settings=request.app.state.settings)
+    return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/reveal", dependencies=[Csrf])
+def reveal(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
+    """Shows the access information in this one answer (never cached), and audits it."""
+    incident = _load(session, incident_id, lock=True)
+    cipher = request.app.state.access_cipher.get()
+    revealed = ""
+    try:
+        with _refusals(session):
+            revealed = access.reveal(session, cipher, incident=incident, user=user)
+    except ActionRefused as refused:
+        context = _incident_context(request, session, _load(session, incident_id), user)
+        context["error"] = translate(request, "Not done: %(reason)s", reason=str(refused))
+        return render(request, "incident.html", context, status_code=refused.status_code)
+    session.flush()
+    session.expire_all()
+    context = _incident_context(request, session, _load(session, incident_id), user)
+    context["revealed"] = revealed
+    return render(request, "incident.html", context)

@@ -58,3 +58,12 @@ def test_ingest_benchmark_quick_run_completes_and_prints_its_figures(tmp_path: P
     latency = report["latency"]
     assert latency["measured"] == latency["alarms"] > 0
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+
+
+def test_dashboard_benchmark_quick_run_completes_and_prints_its_figures() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "dashboard.py"), "--quick"], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    for figure in ("/healthz round trip", "queue fragment", "alarm commit -> event", "each renders",
+                   "shared render", "p95 ratio"):
+        assert figure in proc.stdout, f"{figure!r} missing from the benchmark's output:\n{proc.stdout}"

@@ -405,3 +405,23 @@ def test_waiting_alarms_are_listed_for_every_page(centre: tuple) -> None:
     assert [w["id"] for w in waiting] == [incident_id]
     assert browser.post(f"/ui/incidents/{incident_id}/acknowledge").status_code == 303
     assert browser.http.get("/ui/alarms").json()["waiting"] == []
+
+
+def test_a_shared_rendering_is_made_once_per_change(sqlite_db: Database) -> None:
+    from alarmcentre.web.live import SharedRendering
+
+    async def scenario() -> tuple[list[str], int]:
+        feed = LiveFeed(sqlite_db.sessions, poll_s=60)
+        shared = SharedRendering()
+        made = iter(range(100))
+        assert shared.get(("q",), feed, lambda: f"v{next(made)}") == "v0"  # no feed running: never shared
+        queue = feed.subscribe()  # now it runs
+        seen = [shared.get(("q",), feed, lambda: f"v{next(made)}") for _ in range(5)]
+        feed.publish({"type": "change", "incidents": [1], "sms": False, "tasks": False})
+        seen.append(shared.get(("q",), feed, lambda: f"v{next(made)}"))
+        feed.unsubscribe(queue)
+        await feed.stop()
+        return seen, shared.made
+
+    seen, made = asyncio.run(scenario())
+    assert seen == ["v1"] * 5 + ["v2"] and made == 2

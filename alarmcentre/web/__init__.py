@@ -20,7 +20,7 @@ from alarmcentre.users.models import Role
 from alarmcentre.web import login, operator, records
 from alarmcentre.web.auth import BadCsrf, LoginRequired, LoginThrottle, NotAllowed, user_from_cookie
 from alarmcentre.web.i18n import WEB_DIR
-from alarmcentre.web.live import LiveFeed, event_stream
+from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
 from alarmcentre.web.render import render
 
 DASHBOARD_PREFIXES = ("/ui", "/login", "/logout", "/language")
@@ -35,6 +35,7 @@ def install(app: FastAPI, *, settings: Settings, session_factory: sessionmaker[S
     app.state.live_feed = feed = LiveFeed(session_factory, poll_s=settings.live_poll_s)
     app.state.access_cipher = AccessCipher(settings)
     app.state.login_throttle = LoginThrottle()
+    app.state.shared_rendering = SharedRendering()
     for router in (login.router, operator.router, records.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -29,7 +29,7 @@ from alarmcentre.tasks.models import OperatorTask, TaskStatus
 from alarmcentre.users.models import Role, User
 from alarmcentre.visits import service as visits
 from alarmcentre.web.auth import check_csrf, roles
-from alarmcentre.web.render import render, translate
+from alarmcentre.web.render import SECURITY_HEADERS, render, render_text, request_language, translate
 
 router = APIRouter(include_in_schema=False)
 Operator = Annotated[User, Depends(roles(*INCIDENT_ROLES))]
@@ -97,9 +97,21 @@ def queue_page(request: Request, session: SessionDep, _user: Operator) -> Respon
     return render(request, "queue.html", _queue_context(request, session))
 
 
+CSRF_PLACEHOLDER = "__csrf__"
+
+
 @router.get("/ui/queue/rows")
 def queue_fragment(request: Request, session: SessionDep, _user: Operator) -> Response:
-    return render(request, "_queue_rows.html", _queue_context(request, session))
+    """The same for every operator but for the CSRF token: rendered once per change, then shared."""
+
+    def make() -> str:
+        context = _queue_context(request, session)
+        context["csrf"] = CSRF_PLACEHOLDER
+        return render_text(request, "_queue_rows.html", context)
+
+    html = request.app.state.shared_rendering.get(("queue", request_language(request)), request.app.state.live_feed,
+                                                  make)
+    return HTMLResponse(html.replace(CSRF_PLACEHOLDER, request.state.csrf), headers=SECURITY_HEADERS)
 
 
 @router.get("/ui/alarms")

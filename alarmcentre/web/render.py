@@ -37,6 +37,10 @@ def translate(request: Request, message: str, **values: object) -> str:
 
 def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
            status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(render_text(request, template, context), status_code=status_code, headers=SECURITY_HEADERS)
+
+
+def render_text(request: Request, template: str, context: dict[str, Any] | None = None) -> str:
     settings = request.app.state.settings
     zone = ZoneInfo(settings.local_timezone)
 
@@ -74,5 +78,4 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
         "outbox": not settings.twilio_configured,
     }
     values.update(context or {})
-    html = environment(request_language(request)).get_template(template).render(values)
-    return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+    return environment(request_language(request)).get_template(template).render(values)

@@ -23,7 +23,10 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": committed before the response is sent. The default ("request") commits after
+# it, so a browser following a redirect (after logging in, after an action) could read the database
+# before the change was there, and a failed commit would come after a success was reported.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_user(session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User:

@@ -22,6 +22,8 @@ ALARMCENTRE_DATA_DIR, ALARMCENTRE_API_PORT, ALARMCENTRE_BROKER_PORT, ALARMCENTRE
 ALARMCENTRE_ADMIN_PASSWORD, ALARMCENTRE_LOG_JSON ... (see the README, "Configuration").
 """
 
+METRICS_PORT_HELP = "port of this process's /metrics, /healthz and /readyz (default 9101, 0: none)"
+
 
 def _common(parser: argparse.ArgumentParser, *, api: bool = False, broker: bool = False) -> None:
     parser.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db "
@@ -63,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="the MQTT ingest alone, against an external broker")
     _common(ingest)
     ingest.add_argument("--mqtt-url", help="broker URL (or ALARMCENTRE_MQTT_URL); required")
-    ingest.add_argument("--metrics-port", type=int, help="port of this process's /metrics (default 9101, 0: none)")
+    ingest.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
 
     scheduler = sub.add_parser("scheduler", help="the periodic jobs alone")
     _common(scheduler)
-    scheduler.add_argument("--metrics-port", type=int, help="port of this process's /metrics (default 9101, 0: none)")
+    scheduler.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -82,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "supervisor", "technician", "admin"])
     create.add_argument("--full-name", default="")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    unlock = users_sub.add_parser("unlock", help="end a login lockout after repeated wrong passwords")
+    _common(unlock)
+    unlock.add_argument("username")
+
+    sub.add_parser("access-key", help="print a new key for door and key-safe codes (ALARMCENTRE_ACCESS_KEY)")
 
     integration = sub.add_parser("integration", help="API keys of other systems (the home-care service)")
     integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
-        "integration": _cmd_integration,
+        "integration": _cmd_integration, "access-key": _cmd_access_key,
     }
     from sqlalchemy.exc import OperationalError
 
@@ -173,16 +180,19 @@ def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.health import HealthChecks, database_check, ingest_checks
     from alarmcentre.ingest.consumer import IngestConsumer
     from alarmcentre.runtime import Database, start_metrics_server
 
     if not settings.mqtt_url:
         raise _UsageError("ingest needs a broker: --mqtt-url or ALARMCENTRE_MQTT_URL")
     db = Database.open(settings)
-    start_metrics_server(settings)
     consumer = IngestConsumer(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
                               client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max,
                               settings=settings)
+    checks = HealthChecks({"database": database_check(db.sessions),
+                           **ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s)})
+    start_metrics_server(settings, checks)
     consumer.start()
     _wait_for_signal()
     consumer.stop()
@@ -190,12 +200,15 @@ def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.health import HealthChecks, database_check
     from alarmcentre.runtime import Database, start_metrics_server
-    from alarmcentre.scheduler import build_scheduler
+    from alarmcentre.scheduler import build_scheduler, readiness_check
 
     db = Database.open(settings)
-    start_metrics_server(settings)
     scheduler = build_scheduler(db.sessions, settings=settings)
+    checks = HealthChecks({"database": database_check(db.sessions),
+                           "scheduler": readiness_check(scheduler, max_age_s=settings.readiness_scheduler_lag_s)})
+    start_metrics_server(settings, checks)
     scheduler.start()
     _wait_for_signal()
     scheduler.shutdown(wait=True)
@@ -216,6 +229,12 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.users import service
     from alarmcentre.users.models import Role
 
+    if args.users_command == "unlock":
+        with transaction(Database.open(settings).sessions) as session:
+            if not service.unlock(session, username=args.username):
+                raise _UsageError(f"no user {args.username!r}")
+        print(f"{args.username} can log in again")
+        return 0
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif sys.stdin.isatty():
@@ -232,6 +251,14 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"created {user.role} {user.username}")
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
+    return 0
+
+
+def _cmd_access_key(_args: argparse.Namespace, _settings: Settings) -> int:
+    """A Fernet key for the access information; keep it apart from database backups."""
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
     return 0
 
 

@@ -26,11 +26,16 @@ class Settings(BaseSettings):
     broker_port: int = EMBEDDED_BROKER_PORT
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    metrics_port: int = Field(9101, description="/metrics of a standalone ingest or scheduler process")
+    metrics_port: int = Field(9101, description="/metrics, /healthz, /readyz of a standalone ingest or scheduler")
     admin_user: str | None = None
     admin_password: str | None = None
     token_ttl_hours: int = 12
     ingest_batch_max: int = Field(500, ge=1, description="messages committed per transaction at most")
+    # Readiness (/readyz; alarmcentre/health.py).
+    readiness_ingest_lag_s: float = Field(
+        30, gt=0, description="not ready when a message received by the ingest has waited this long uncommitted")
+    readiness_scheduler_lag_s: float = Field(
+        60, gt=0, description="not ready when the scheduler's escalation sweep has not finished for this long")
     # Dispatch and escalation.
     ack_alert_after_s: int = Field(60, ge=5, description="alert supervisors when an incident waits this long")
     ack_alert_repeat_s: int = Field(120, ge=10, description="repeat the alert while still unacknowledged")
@@ -64,6 +69,21 @@ class Settings(BaseSettings):
     # Home-care visits (alarmcentre/visits; docs/visits.md).
     missed_visit_after_minutes: int = Field(
         30, ge=1, description="a planned visit with no arrival this long after its window opened: operator task")
+    # The end-to-end canary (alarmcentre/canary.py).
+    canary_interval_s: float = Field(60, gt=0, description="a test alarm through the real broker this often")
+    canary_bound_s: float = Field(10, gt=0, description="a test alarm must reach the dashboards' feed within this")
+    canary_serial: str = Field("canary", description="the canary device's serial and broker username")
+    canary_mqtt_url: str | None = Field(
+        None, description="broker login of the canary device (mqtt://canary:PASSWORD@host:port); "
+        "default with the embedded broker: made automatically; unset with an external broker: no canary")
+    # Operator dashboard.
+    access_key: str | None = Field(
+        None, description="key for door/key-safe codes (Fernet); default: generated into data_dir/access.key")
+    session_ttl_hours: float = Field(13, gt=0, description="a dashboard login lasts this long (a 12-hour shift)")
+    secure_cookies: bool = Field(False, description="mark the session cookie Secure (set it behind HTTPS)")
+    answer_target_s: int = Field(60, ge=1, description="an alarm should be answered within this (green)")
+    answer_limit_s: int = Field(180, ge=1, description="an alarm waiting longer than this is late (red)")
+    live_poll_s: float = Field(0.25, gt=0, description="how often the live feed looks for changes")
     log_json: bool = False
     log_level: str = "INFO"
 

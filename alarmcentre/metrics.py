@@ -27,17 +27,30 @@ INGEST_LAST_COMMIT = Gauge(
     "alarmcentre_ingest_last_commit_timestamp_seconds", "Unix time of the ingest's last committed batch"
 )
 INGEST_QUEUE = Gauge("alarmcentre_ingest_queue_depth", "Messages received, not yet committed")
+# Every process exports every metric (one registry), so the ingest gauges below read 0 in an API or
+# scheduler process too; alert rules join on this one to look only where an ingest runs.
+INGEST_RUNNING = Gauge(
+    "alarmcentre_ingest_running", "Ingest consumers running in this process (the other ingest gauges count only here)"
+)
 BROKER_CONNECTED = Gauge("alarmcentre_broker_connected", "1 while the ingest is connected to the broker")
 BROKER_DISCONNECTS = Counter("alarmcentre_broker_disconnects_total", "Lost broker connections")
 DATABASE_UP = Gauge("alarmcentre_ingest_database_up", "0 while the ingest cannot commit to the database")
 DATABASE_ERRORS = Counter("alarmcentre_ingest_database_errors_total", "Failed batch commits (retried)")
 OPEN_INCIDENTS = Gauge("alarmcentre_open_incidents", "Incidents not yet resolved", ["status"])
+OLDEST_UNACKNOWLEDGED = Gauge(
+    "alarmcentre_oldest_unacknowledged_incident_age_seconds",
+    "Seconds the oldest alarm incident still unacknowledged has waited (technical incidents excluded); 0: none",
+)
 DEVICES_ONLINE = Gauge("alarmcentre_devices_online", "Devices whose last status is online")
 SCHEDULER_LAST_RUN = Gauge(
     "alarmcentre_scheduler_last_run_timestamp_seconds", "Unix time a scheduler job last finished", ["job"]
 )
 SMS_SENT = Counter("alarmcentre_sms_sent_total", "Texts handed to the SMS provider", ["purpose"])
 SMS_ERRORS = Counter("alarmcentre_sms_errors_total", "Failed attempts to send a text", ["kind"])
+for _kind in ("transient", "permanent"):
+    # Exported at 0 from the start: Prometheus's increase() misses the first error of a series that
+    # appears with it, and the SMS alerts count errors.
+    SMS_ERRORS.labels(_kind)
 SUPERVISOR_ALERTS = Counter("alarmcentre_supervisor_alerts_total", "Alerts for incidents not acknowledged in time")
 ESCALATIONS = Counter("alarmcentre_escalations_total", "Plan steps moved on by themselves", ["reason"])
 TIMERS_FIRED = Counter("alarmcentre_timers_fired_total", "Escalation timers fired by the sweep", ["kind"])
@@ -52,3 +65,14 @@ CONFIGS_UNPUBLISHED = Gauge(
     "alarmcentre_configs_unpublished", "Devices whose desired configuration the broker does not hold yet"
 )
 CONFIG_PUBLISH_ERRORS = Counter("alarmcentre_config_publish_errors_total", "Failed retained config publishes")
+
+# The canary: a synthetic device that raises a test alarm end to end (device → broker → ingest →
+# incident) and checks it arrives. Defined here so the alert rules can name them; set by the canary.
+CANARY_LAST_SUCCESS = Gauge(
+    "alarmcentre_canary_last_success_timestamp_seconds",
+    "Unix time the canary's last test alarm made it through the whole pipeline; 0: not since start",
+)
+CANARY_OK = Gauge("alarmcentre_canary_ok", "1 while the canary's test alarms come through in time, 0 when not")
+CANARY_FAILURES = Counter(
+    "alarmcentre_canary_failures_total", "Canary test alarms that did not make it through the pipeline in time"
+)

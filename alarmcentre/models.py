@@ -1,5 +1,6 @@
 """Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
 
+from alarmcentre.canary import CanaryBeat
 from alarmcentre.clients.access import AccessReveal, ClientAccess
 from alarmcentre.clients.models import Client
 from alarmcentre.contacts.models import Contact
@@ -21,8 +22,8 @@ from alarmcentre.visits.models import HomeCareWorker, Visit
 from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
-    "AccessReveal", "ApiToken", "BatteryReading", "Client", "ClientAccess", "Contact", "DeadLetter", "Device",
-    "DeviceAssignment",
+    "AccessReveal", "ApiToken", "BatteryReading", "CanaryBeat", "Client", "ClientAccess", "Contact", "DeadLetter",
+    "Device", "DeviceAssignment",
     "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep", "IntegrationKey",
     "Municipality", "OperatorTask", "PlanStep", "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry",
     "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",

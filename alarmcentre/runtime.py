@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import migrate
 from alarmcentre.config import Settings
 from alarmcentre.db import make_engine, make_sessionmaker, transaction
+from alarmcentre.health import HealthChecks, database_check, ingest_checks
 from alarmcentre.users import service as users
 
 log = logging.getLogger("alarmcentre")
@@ -34,8 +35,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # Routine chatter (every job run, every HTTP request) would bury what operators must see.
-    for noisy in ("apscheduler", "uvicorn.access"):
+    # Routine chatter (every job run, every HTTP request, ten lines per text sent) would bury what
+    # operators must see. SQLAlchemy keeps its own loggers at WARNING: at INFO it would print rows,
+    # that is names, phone numbers and addresses (no log line may carry personal data: tests/test_logs.py).
+    for noisy in ("apscheduler", "uvicorn.access", "twilio.http_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -75,27 +78,31 @@ class BrokerCredentials:
     passwords: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> BrokerCredentials:
+    def load_or_create(cls, data_dir: Path, *, also: tuple[str, ...] = ()) -> BrokerCredentials:
+        """`also`: more users (the canary device) added to an existing file when missing."""
         path = data_dir / "broker" / "credentials.json"
-        if path.exists():
-            return cls(json.loads(path.read_text()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        creds = cls({CENTRE_MQTT_USER: secrets.token_urlsafe(18), DEMO_DEVICE_MQTT_USER: secrets.token_urlsafe(18)})
-        path.write_text(json.dumps(creds.passwords))
-        path.chmod(0o600)
-        return creds
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        wanted = (CENTRE_MQTT_USER, DEMO_DEVICE_MQTT_USER, *also)
+        if any(user not in passwords for user in wanted):
+            for user in wanted:
+                passwords.setdefault(user, secrets.token_urlsafe(18))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(passwords))
+            path.chmod(0o600)
+        return cls(passwords)
 
     def url(self, user: str, host: str, port: int) -> str:
         return f"mqtt://{quote(user)}:{quote(self.passwords[user])}@{host}:{port}"
 
 
-def start_metrics_server(settings: Settings) -> None:
-    """/metrics for a process that has no API of its own (standalone ingest or scheduler)."""
+def start_metrics_server(settings: Settings, checks: HealthChecks) -> None:
+    """/metrics, /healthz and /readyz for a process that has no API of its own (standalone ingest or
+    scheduler), on settings.metrics_port (0: none)."""
     if settings.metrics_port:
-        from prometheus_client import start_http_server
+        from alarmcentre.health import start_http_server
 
-        start_http_server(settings.metrics_port, addr=settings.api_host)
-        log.info("metrics on http://%s:%d/metrics", settings.api_host, settings.metrics_port)
+        start_http_server(settings.api_host, settings.metrics_port, checks)
+        log.info("metrics, /healthz and /readyz on http://%s:%d", settings.api_host, settings.metrics_port)
 
 
 class Centre:
@@ -111,13 +118,15 @@ class Centre:
         self.consumer: Any = None
         self.app: Any = None
         self.publisher: Any = None
+        # Readiness checks of every part; a part added later (the canary) adds its own with one call.
+        self.health = HealthChecks()
         self._stack: list[tuple[str, Any]] = []
 
     def start(self) -> Centre:
         from alarmcentre.app import create_app
         from alarmcentre.devices.publisher import ConfigPublisher
         from alarmcentre.ingest.consumer import IngestConsumer
-        from alarmcentre.scheduler import build_scheduler
+        from alarmcentre.scheduler import build_scheduler, readiness_check
 
         settings = self.settings
         self.db = db = Database.open(settings)
@@ -125,7 +134,7 @@ class Centre:
         if not self.mqtt_url:
             from alarmcentre.broker import BrokerUser, start_embedded_broker
 
-            creds = BrokerCredentials.load_or_create(settings.data_dir)
+            creds = BrokerCredentials.load_or_create(settings.data_dir, also=(settings.canary_serial,))
             self.broker = start_embedded_broker(
                 kind=settings.broker, data_dir=(settings.data_dir / "broker").resolve(), port=settings.broker_port,
                 users=[BrokerUser(name, password) for name, password in creds.passwords.items()],
@@ -133,6 +142,9 @@ class Centre:
             self._stack.append(("broker", self.broker.stop))
             self.mqtt_url = creds.url(CENTRE_MQTT_USER, self.broker.host, self.broker.port)
             self.device_url = creds.url(DEMO_DEVICE_MQTT_USER, self.broker.host, self.broker.port)
+            if not settings.canary_mqtt_url:  # the canary device logs in like any device
+                canary_url = creds.url(settings.canary_serial, self.broker.host, self.broker.port)
+                self.settings = settings = settings.model_copy(update={"canary_mqtt_url": canary_url})
 
         self.consumer = consumer = IngestConsumer(
             mqtt_url=self.mqtt_url, session_factory=db.sessions, client_id=settings.mqtt_client_id,
@@ -146,12 +158,12 @@ class Centre:
         scheduler = build_scheduler(db.sessions, settings=settings, publisher=publisher)
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
-        checks = {
-            "broker": lambda: None if consumer.connected else "ingest not connected to the broker",
-            "ingest": lambda: None if consumer.database_ok else "ingest cannot commit to the database",
-        }
+        self.health.add("database", database_check(db.sessions))
+        for name, check in ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s).items():
+            self.health.add(name, check)
+        self.health.add("scheduler", readiness_check(scheduler, max_age_s=settings.readiness_scheduler_lag_s))
         self.app = create_app(settings=settings, session_factory=db.sessions, config_publisher=publisher,
-                              health_checks=checks)
+                              health_checks=self.health)
         return self
 
     def on_stop(self, name: str, stop: Any) -> None:
@@ -185,6 +197,7 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
         base = f"http://{settings.api_host}:{settings.api_port}"
         lines = [f"alarmcentre {'demo ' if demo else ''}is starting",
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
+                 f"  health:     {base}/healthz (alive), {base}/readyz (every part working)",
                  f"  database:   {settings.resolved_database_url()}"]
         if centre.device_url:
             lines.append(f"  devices connect to: {centre.device_url}")

@@ -12,18 +12,23 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from alarmcentre import care, metrics
+from alarmcentre import care, gauges, metrics
 from alarmcentre.config import Settings
 from alarmcentre.devices.models import Device, DeviceStatus
 from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.dispatch.escalation import step_failed, sweep
 from alarmcentre.dispatch.sms import SmsSender, build_provider
+from alarmcentre.health import HealthCheck, freshness_check
 
 log = logging.getLogger(__name__)
+
+# Unix time each job last finished without error in this process (as SCHEDULER_LAST_RUN), for readiness.
+LAST_SUCCESS: dict[str, float] = {}
 
 
 def refresh_fleet_gauges(factory: sessionmaker[Session]) -> None:
@@ -33,6 +38,8 @@ def refresh_fleet_gauges(factory: sessionmaker[Session]) -> None:
             .where(Device.online.is_(True), Device.status != DeviceStatus.RETIRED)
         )
     metrics.DEVICES_ONLINE.set(online or 0)
+    # Also here, not only at the API's scrape: a deployment may scrape the scheduler alone.
+    gauges.refresh_incident_gauges(factory)
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
@@ -44,9 +51,28 @@ def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
         except Exception:
             log.exception("scheduler: job %s failed", name)
             return
-        metrics.SCHEDULER_LAST_RUN.labels(name).set(time.time())
+        LAST_SUCCESS[name] = finished = time.time()
+        metrics.SCHEDULER_LAST_RUN.labels(name).set(finished)
 
     return run
+
+
+def readiness_check(scheduler: BackgroundScheduler, *, max_age_s: float) -> HealthCheck:
+    """The scheduler runs, and its escalation sweep (every timer: alerts, escalations) has finished
+    within `max_age_s`. A sweep that keeps failing (e.g. the database is down) fails this too."""
+    started = time.time()
+    sweep_fresh = freshness_check(lambda: _since(LAST_SUCCESS.get("escalation_sweep"), started),
+                                  max_age_s=max_age_s, what="escalation sweep", since=started)
+
+    def check() -> str | None:
+        return sweep_fresh() if scheduler.running else "scheduler is not running"
+
+    return check
+
+
+def _since(last: float | None, started: float) -> float | None:
+    # A run of another scheduler that this process ran earlier (tests) does not count.
+    return last if last is not None and last >= started else None
 
 
 def build_scheduler(
@@ -92,4 +118,27 @@ def build_scheduler(
     else:
         log.warning("scheduler: no broker configured (ALARMCENTRE_MQTT_URL): configurations that could not be "
                     "published at save time are not republished by this process")
+    if settings.canary_mqtt_url:
+        add_canary(scheduler, factory, settings)
     return scheduler
+
+
+def add_canary(scheduler: BackgroundScheduler, factory: sessionmaker[Session], settings: Settings) -> None:
+    """The end-to-end test alarm (alarmcentre/canary.py), sent from this process."""
+    from alarmcentre.canary import CanaryPublisher, ensure_canary_device, prune_beats
+    from alarmcentre.db import transaction
+
+    with transaction(factory) as session:
+        ensure_canary_device(session, settings)
+    assert settings.canary_mqtt_url is not None
+    publisher = CanaryPublisher(settings.canary_mqtt_url, serial=settings.canary_serial,
+                                timeout_s=min(settings.canary_bound_s, 10))
+
+    def beat() -> None:
+        publisher.beat()
+        prune_beats(factory)
+
+    scheduler.add_job(_guarded("canary", beat), "interval", seconds=settings.canary_interval_s, id="canary",
+                      max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    scheduler.add_listener(lambda event: publisher.close() if event.code == EVENT_SCHEDULER_SHUTDOWN else None,
+                           EVENT_SCHEDULER_SHUTDOWN)

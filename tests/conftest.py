@@ -8,13 +8,17 @@ saying what is missing.
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
+    """Seconds it took, or fail after `timeout` (a bound that catches hangs, not a speed test)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(step)
+    return time.monotonic() - start
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> bool:
@@ -93,12 +107,18 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def migrated_database(url: str) -> Database:
+    """The schema applied to the PostgreSQL database at `url` (dispose its engine when done)."""
+    engine = make_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    upgrade(engine)
+    return Database(engine, make_sessionmaker(engine))
+
+
 @pytest.fixture
 def postgres_db(postgres_url: str) -> Iterator[Database]:
-    engine = make_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    upgrade(engine)
-    yield Database(engine, make_sessionmaker(engine))
-    engine.dispose()
+    db = migrated_database(postgres_url)
+    yield db
+    db.engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -173,3 +193,146 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker.start()
     yield broker
     broker.stop()
+
+
+# -- a PostgreSQL server of the test's own, to stop and start --------------------------
+
+PG_BIN = Path(os.environ.get("ALARMCENTRE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+@dataclass
+class PostgresCluster:
+    """A private PostgreSQL server (initdb into a temp dir) that a test may stop and start.
+
+    Other tests run against the machine's shared server at the same time: never stop that one."""
+
+    directory: Path  # owned by the user the server runs as; holds data, socket and log
+    port: int
+    user: str | None = None  # run the server as this user (we are root), else as ourselves
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        command = list(argv)
+        if self.user is not None:
+            command = (["runuser", "-u", self.user, "--", *argv] if shutil.which("runuser")
+                       else ["su", self.user, "-s", "/bin/sh", "-c", shlex.join(argv)])
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"), *args)
+
+    def initdb(self) -> None:
+        result = self._run(str(PG_BIN / "initdb"), "-D", str(self.directory / "data"), "-U", "postgres",
+                           "--auth=trust", "-E", "UTF8", "--no-sync")
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed: {result.stderr}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        result = self._pg_ctl("-w", "-t", "30", "-l", str(self.directory / "postgres.log"), "-o", options, "start")
+        if result.returncode != 0:
+            raise RuntimeError(f"private PostgreSQL did not start: {result.stderr}\n{self.log_tail()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        result = self._pg_ctl("-w", "-t", "30", "-m", mode, "stop")
+        if result.returncode != 0:
+            raise RuntimeError(f"private PostgreSQL did not stop: {result.stderr}\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self._pg_ctl("status").returncode == 0
+
+    def log_tail(self) -> str:
+        log = self.directory / "postgres.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+    def create_database(self) -> str:
+        name = f"alarmcentre_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """A running private cluster for the session; a test that stops it must start it again."""
+    if not (PG_BIN / "initdb").exists():
+        missing_service(f"no PostgreSQL server binaries in {PG_BIN} (Debian: apt-get install postgresql; "
+                        "or set ALARMCENTRE_TEST_PG_BIN)")
+    as_root = os.geteuid() == 0
+    if as_root:
+        # initdb refuses to run as root: run the server as the postgres user, in a directory it owns
+        # (pytest's temp dirs are private to root, so not under them).
+        try:
+            server_user = pwd.getpwnam("postgres")
+        except KeyError:
+            missing_service("running as root and there is no 'postgres' user to run a private PostgreSQL as")
+        directory = Path(tempfile.mkdtemp(prefix="alarmcentre-pg-"))
+        os.chown(directory, server_user.pw_uid, server_user.pw_gid)
+    else:
+        directory = tmp_path_factory.mktemp("private-postgres")
+    cluster = PostgresCluster(directory, free_port(), "postgres" if as_root else None)
+    try:
+        cluster.initdb()
+        cluster.start()
+        yield cluster
+    finally:
+        if cluster.running:
+            cluster.stop("immediate")
+        if as_root:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- `alarmcentre` processes, as production runs them ------------------------------------
+
+
+def start_alarmcentre(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`alarmcentre COMMAND` as its own process, with `env` over ours; its log appends to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "alarmcentre.cli", command], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+
+
+def ingest_subscribed(log: Path) -> bool:
+    """The ingest made its persistent session and subscription (before a burst, or it misses it)."""
+    return log.exists() and "subscribed to device events" in log.read_text()
+
+
+@dataclass
+class CentreProcess:
+    """One `alarmcentre` process that a test starts, kills (SIGKILL) and starts again."""
+
+    command: str
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CentreProcess:
+        self.process = start_alarmcentre(self.command, self.env, self.log)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the process finishes what it holds (SIGKILL if it hangs)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

@@ -6,15 +6,19 @@ import json
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import clock
 from alarmcentre.clients.models import Client
 from alarmcentre.db import transaction
 from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.dispatch.models import IncidentStep, StepState, Timer, TimerKind
+from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.ingest.processor import InboundMessage
 from alarmcentre.ingest.protocol import events_topic
 from alarmcentre.municipalities.models import Municipality
+from alarmcentre.runtime import Database
 
 _names = count(1)
 
@@ -65,3 +69,33 @@ def event_payload(seq: int, type_: str = "button_press", *, ts: datetime | None 
 
 def message(serial: str, seq: int, type_: str = "button_press", **fields: object) -> InboundMessage:
     return InboundMessage(events_topic(serial), event_payload(seq, type_, **fields), clock.now())
+
+
+def count_rows(db: Database, model: type, *where: object) -> int:
+    with db.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def stage_escalations(session: Session, count: int, first_due: datetime, spread_s: float) -> list[int]:
+    """`count` acknowledged incidents, each of its own client, with step 1 (SMS) waiting for an answer and
+    its timeout due between first_due and first_due + spread_s; step 2 (SMS, automatic) is next.
+
+    Phones: step 1 +3712100NNNN, step 2 +3712200NNNN (NNNN = the incident's index). Returns the incident ids."""
+    ids = []
+    for i in range(count):
+        incident = Incident(client_id=make_client(session).id, device_id=None, kind="button_press", priority=2,
+                            status=IncidentStatus.ACKNOWLEDGED, active_key=f"stage:{i}", opened_at=first_due,
+                            last_signal_at=first_due)
+        session.add(incident)
+        session.flush()
+        for position, phone in ((1, f"+3712100{i:04d}"), (2, f"+3712200{i:04d}")):
+            step = IncidentStep(incident_id=incident.id, position=position, kind="relative", name=f"c{position}",
+                                phone=phone, language="lv", channel="sms", wait_seconds=300, automatic=True,
+                                state=StepState.WAITING if position == 1 else StepState.PENDING)
+            session.add(step)
+            session.flush()
+            if position == 1:
+                session.add(Timer(kind=TimerKind.STEP_TIMEOUT, incident_id=incident.id, step_id=step.id,
+                                  due_at=first_due + timedelta(seconds=spread_s * i / count)))
+        ids.append(incident.id)
+    return ids

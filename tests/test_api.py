@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from alarmcentre import clock
+from alarmcentre import __version__, clock
 from alarmcentre.app import create_app
 from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings
@@ -41,7 +41,7 @@ PASSWORD_HASH = users._hasher.hash(PASSWORD)
 TOKEN_TTL_HOURS = 12
 
 # Routes anyone may call; everything else must demand a valid token.
-PUBLIC_PATHS = {"/healthz", "/metrics", "/api/v1/auth/token", "/"}  # "/" only redirects to the static dashboard
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/api/v1/auth/token"}
 # Called by Twilio, authenticated by its X-Twilio-Signature instead of a token (tests/test_dispatch_sms.py).
 WEBHOOK_PATHS = {"/webhooks/twilio/sms", "/webhooks/twilio/status"}
 
@@ -57,6 +57,8 @@ def protected_routes() -> list[tuple[str, str]]:
         for route in routes
         if isinstance(getattr(route, "original_route", route), APIRoute)
         and route.path not in PUBLIC_PATHS | WEBHOOK_PATHS
+        # The dashboard's pages use a session cookie, not a token: tests/test_dashboard.py.
+        and route.path.startswith("/api/")
         for method in route.methods
     )
 
@@ -235,6 +237,7 @@ def test_every_protected_route_refuses_requests_without_a_valid_token(api: Api, 
 
 def test_public_routes_need_no_token(api: Api) -> None:
     assert api.http.get("/healthz").status_code == 200
+    assert api.http.get("/readyz").status_code == 200
     assert api.http.get("/metrics").status_code == 200
     # The login route answers a wrong password with 401 of its own, not "missing token".
     response = api.http.post("/api/v1/auth/token", data={"username": "admin", "password": "wrong password"})
@@ -761,28 +764,41 @@ def test_dead_letters_show_reason_and_payload_as_text(any_api: Api) -> None:
 # -- health and metrics --------------------------------------------------------------------------
 
 
-def test_healthz_ok(api: Api) -> None:
+def test_healthz_is_liveness_and_readyz_checks_the_database(api: Api) -> None:
     response = api.http.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "version": __version__}
+    response = api.http.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
 
 
-def test_healthz_names_a_failing_check(sqlite_db: Database, tmp_path: Path) -> None:
+def test_readyz_names_a_failing_check(sqlite_db: Database, tmp_path: Path) -> None:
     checks = {"broker": lambda: "down", "scheduler": lambda: None}
     app = create_app(settings=Settings(data_dir=tmp_path), session_factory=sqlite_db.sessions, health_checks=checks)
-    response = TestClient(app).get("/healthz")
+    response = TestClient(app).get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "failing", "checks": {"database": "ok", "broker": "down", "scheduler": "ok"}}
+    assert TestClient(app).get("/healthz").status_code == 200  # alive all the same
 
 
-def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
+def test_readyz_reports_an_unreachable_database(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'no such dir' / 'db.sqlite3'}")
     app = create_app(settings=Settings(data_dir=tmp_path), session_factory=make_sessionmaker(engine))
-    response = TestClient(app).get("/healthz")
+    response = TestClient(app).get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["database"].startswith("unreachable:")
+    assert TestClient(app).get("/healthz").status_code == 200
     assert TestClient(app).get("/metrics").status_code == 200  # metrics still answer
     engine.dispose()
+
+
+def test_a_readiness_check_added_later_is_reported(api: Api) -> None:
+    # How a part joins (the canary does): one call on the app's registry.
+    api.http.app.state.health.add("later-part", lambda: "last test alarm 400 s ago")  # type: ignore[attr-defined]
+    response = api.http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "later-part": "last test alarm 400 s ago"}
 
 
 def test_metrics_are_prometheus_text(api: Api) -> None:
@@ -809,6 +825,44 @@ def test_metrics_count_open_incidents(api: Api) -> None:
         incident = s.scalars(select(Incident).order_by(Incident.id)).first()
         incident.status = IncidentStatus.ACKNOWLEDGED
     assert (gauge("open"), gauge("acknowledged")) == (1.0, 1.0)
+
+
+def test_the_oldest_unacknowledged_alarm_is_measured_by_the_api_and_the_scheduler(api: Api) -> None:
+    from prometheus_client import REGISTRY
+
+    from alarmcentre.incidents.models import IncidentKind
+    from alarmcentre.scheduler import refresh_fleet_gauges
+    from tests.factories import Clock
+
+    moment = Clock(clock.now())
+    with transaction(api.db.sessions) as s:
+        make_device(s, "OLD-1", client=make_client(s))
+        make_device(s, "OLD-2", client=make_client(s))
+    feed(api.db, signal("OLD-1", 1))
+    moment.advance(60)
+    feed(api.db, signal("OLD-2", 1))
+    moment.advance(30)
+
+    def age() -> float:
+        response = api.http.get("/metrics")
+        match = re.search(r"^alarmcentre_oldest_unacknowledged_incident_age_seconds (\S+)$", response.text,
+                          re.MULTILINE)
+        assert match is not None, response.text
+        return float(match.group(1))
+
+    assert age() == 90.0
+    with transaction(api.db.sessions) as s:
+        first, second = s.scalars(select(Incident).order_by(Incident.id)).all()
+        first.status = IncidentStatus.ACKNOWLEDGED
+        second.kind = IncidentKind.DEVICE_SILENT  # technical: no operator must answer it within the minute
+    assert age() == 0.0
+    with transaction(api.db.sessions) as s:
+        s.scalars(select(Incident).order_by(Incident.id)).all()[1].kind = IncidentKind.BUTTON_PRESS
+    metrics_before = age()  # the scrape refreshed it: 30 s
+    moment.advance(15)
+    refresh_fleet_gauges(api.db.sessions)  # the scheduler's job, without a scrape
+    assert (metrics_before, REGISTRY.get_sample_value("alarmcentre_oldest_unacknowledged_incident_age_seconds")) == (
+        30.0, 45.0)
 
 
 # -- malformed requests: 422 (or 404/401), never 500 ---------------------------------------------

@@ -6,10 +6,8 @@ Controlled clock, real database, the API through TestClient, SMS through the out
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from sqlalchemy import func, select
 
 from alarmcentre import clock
 from alarmcentre.app import create_app
-from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
@@ -44,7 +41,8 @@ from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
 from alarmcentre.users.models import Role
 from alarmcentre.users.service import create_user
-from tests.factories import Clock, make_client, make_device, message
+from tests.conftest import start_alarmcentre
+from tests.factories import Clock, make_client, make_device, message, stage_escalations
 
 T0 = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
 WORKER, NEIGHBOUR, SUPERVISOR_PHONE = "+37120000001", "+37120000002", "+37129999999"
@@ -325,35 +323,18 @@ def test_two_operators_acknowledging_at_once_one_wins(postgres_db: Database) -> 
 
 
 def _scheduler(database_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ALARMCENTRE_DATABASE_URL": database_url, "ALARMCENTRE_METRICS_PORT": "0",
+    env = {"ALARMCENTRE_DATABASE_URL": database_url, "ALARMCENTRE_METRICS_PORT": "0",
            "ALARMCENTRE_SWEEP_INTERVAL_S": "0.1", "ALARMCENTRE_SMS_MIN_INTERVAL_S": "0",
            "ALARMCENTRE_ACK_ALERT_AFTER_S": "3600"}
-    return subprocess.Popen([sys.executable, "-m", "alarmcentre.cli", "scheduler"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+    return start_alarmcentre("scheduler", env, log)
 
 
 def _stage_escalations(db: Database, count: int, first_due: datetime, spread_s: float) -> None:
     """`count` incidents, each with step 1 waiting and its timeout due between first_due and +spread."""
-    centre = build_centre(db)
+    build_centre(db)
     clock.set_clock(None)
     with transaction(db.sessions) as session:
-        client = session.get(Client, centre.client_id)
-        assert client is not None
-        for i in range(count):
-            incident = Incident(client_id=client.id if i == 0 else make_client(session).id, device_id=None,
-                                kind="button_press", priority=2, status=IncidentStatus.ACKNOWLEDGED,
-                                active_key=f"stage:{i}", opened_at=first_due, last_signal_at=first_due)
-            session.add(incident)
-            session.flush()
-            for position, phone in ((1, f"+3712100{i:04d}"), (2, f"+3712200{i:04d}")):
-                step = IncidentStep(incident_id=incident.id, position=position, kind="relative", name=f"c{position}",
-                                    phone=phone, language="lv", channel="sms", wait_seconds=300, automatic=True,
-                                    state=StepState.WAITING if position == 1 else StepState.PENDING)
-                session.add(step)
-                session.flush()
-                if position == 1:
-                    session.add(Timer(kind=TimerKind.STEP_TIMEOUT, incident_id=incident.id, step_id=step.id,
-                                      due_at=first_due + timedelta(seconds=spread_s * i / count)))
+        stage_escalations(session, count, first_due, spread_s)
 
 
 def _count(db: Database, model: type, *where: object) -> int:

@@ -6,13 +6,11 @@ On the embedded defaults (in-process broker, SQLite) and on Mosquitto + PostgreS
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +29,8 @@ from alarmcentre.incidents.models import Incident, TimelineEntry
 from alarmcentre.ingest.consumer import IngestConsumer
 from alarmcentre.ingest.protocol import events_topic, status_topic
 from alarmcentre.runtime import Centre, Database
-from tests.conftest import MosquittoProcess, free_port
+from tests.conftest import MosquittoProcess, free_port, ingest_subscribed, start_alarmcentre, wait_until
+from tests.factories import count_rows as count
 from tests.factories import event_payload, setup_devices
 
 ADMIN = ("admin", "admin-password-1")
@@ -56,21 +55,6 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    """Seconds it took, or fail after `timeout` (a bound that catches hangs, not a speed test)."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(step)
-    return time.monotonic() - start
-
-
-def count(db: Database, model: type, *where: object) -> int:
-    with db.sessions() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
 
 def metric(name: str, **labels: str) -> float:
@@ -252,10 +236,9 @@ def test_database_outage_holds_messages_until_it_is_back(
 
 
 def _start_ingest(database_url: str, mqtt_url: str, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ALARMCENTRE_DATABASE_URL": database_url, "ALARMCENTRE_MQTT_URL": mqtt_url,
+    env = {"ALARMCENTRE_DATABASE_URL": database_url, "ALARMCENTRE_MQTT_URL": mqtt_url,
            "ALARMCENTRE_METRICS_PORT": "0", "ALARMCENTRE_INGEST_BATCH_MAX": "50"}
-    return subprocess.Popen([sys.executable, "-m", "alarmcentre.cli", "ingest"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"))  # noqa: SIM115
+    return start_alarmcentre("ingest", env, log_path)
 
 
 def test_sigkill_of_the_ingest_mid_burst_loses_nothing_and_duplicates_nothing(
@@ -277,7 +260,7 @@ def test_sigkill_of_the_ingest_mid_burst_loses_nothing_and_duplicates_nothing(
     published = 0
     try:
         # The ingest's persistent session and subscription must exist before the burst.
-        wait_until(lambda: _connected_once(log_path), timeout=20, step=0.1)
+        wait_until(lambda: ingest_subscribed(log_path), timeout=20, step=0.1)
 
         def burst() -> None:
             nonlocal published
@@ -316,10 +299,6 @@ def test_sigkill_of_the_ingest_mid_burst_loses_nothing_and_duplicates_nothing(
     assert timeline == sum(alarms_per_device.values()), "one timeline entry per alarm, none twice"
     print(f"killed at {at_kill}/{total} events committed; all {total} present once after restart "
           f"({datetime.now(UTC):%H:%M:%S})")
-
-
-def _connected_once(log_path: Path) -> bool:
-    return log_path.exists() and "subscribed to device events" in log_path.read_text()
 
 
 def test_ingest_reconnects_by_itself_when_the_broker_restarts(

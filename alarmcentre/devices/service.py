@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
+from alarmcentre.canary import CANARY_MODEL
 from alarmcentre.clients.models import Client
 from alarmcentre.devices.catalogue import validate_config
 from alarmcentre.devices.models import (
@@ -66,6 +67,8 @@ def assign_device(session: Session, *, device: Device, client_id: int | None, re
         raise LookupError(f"client {client_id} does not exist")
     if device.status == DeviceStatus.RETIRED:
         raise DeviceConflict("a retired device cannot be assigned")
+    if device.model == CANARY_MODEL:  # its presses are never alarms: a client wearing it would be unheard
+        raise DeviceConflict("the canary is the centre's own test device and cannot be assigned to a client")
     if device.client_id != client_id:
         _end_assignment(session, device)
         session.add(DeviceAssignment(device_id=device.id, client_id=client_id, assigned_at=clock.now(),

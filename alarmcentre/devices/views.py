@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre.api_deps import DEVICE_EDITORS, STAFF, SessionDep, require_roles
 from alarmcentre.db import transaction
@@ -18,6 +18,7 @@ from alarmcentre.devices.models import (
     DeviceStatus,
     SignalReading,
 )
+from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.devices.schemas import (
     AssignIn,
     AssignmentOut,
@@ -163,6 +164,32 @@ def get_config(session: SessionDep, _u: Reader, device: Annotated[Device, Depend
     return _config_state(session, device)
 
 
+def save_and_publish_config(
+    factory: sessionmaker[Session], publisher: ConfigPublisher | None, *, serial: str, config: dict[str, Any],
+    actor: str, expected_version: int | None = None,
+) -> int:
+    """Commit `config` as the device's next desired version, then publish it retained; the version saved.
+
+    The API and the dashboard both save through here. The save is committed before the publish:
+    if the broker is unreachable the change is kept and the scheduler publishes it later.
+    LookupError: no such device; ValueError: invalid for the model (its __cause__ is the
+    ValidationError); DeviceConflict: `expected_version` is no longer the desired one."""
+    with transaction(factory) as session:
+        device = service.get_by_serial(session, serial)
+        if device is None:
+            raise LookupError(f"device {serial} not found")
+        if expected_version is not None:
+            session.refresh(device, with_for_update=True)
+            if device.desired_config_version != expected_version:
+                raise service.DeviceConflict(f"version {device.desired_config_version} was saved meanwhile")
+        row = service.set_desired_config(session, device=device, config=config, actor=actor)
+        device_id, version, saved = device.id, row.version, dict(row.config)
+    if publisher is not None and publisher.publish_config(serial, version, saved):
+        with transaction(factory) as session:
+            service.mark_published(session, device_id=device_id, version=version)
+    return version
+
+
 @router.put("/{serial}/config", response_model=ConfigStateOut)
 def put_config(serial: str, body: ConfigIn, request: Request, user: Editor) -> ConfigStateOut:
     """Save a new desired configuration (the next version), then publish it retained to the device.
@@ -170,18 +197,13 @@ def put_config(serial: str, body: ConfigIn, request: Request, user: Editor) -> C
     The save is committed before the publish: if the broker is unreachable the change is kept
     and the scheduler publishes it later (`published` is false until then)."""
     factory = request.app.state.session_factory
-    with transaction(factory) as session:
-        device = load_device(session, serial)
-        try:
-            row = service.set_desired_config(session, device=device, config=body.config,
-                                             actor=f"user:{user.username}")
-        except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-        device_id, version, config = device.id, row.version, dict(row.config)
-    publisher = getattr(request.app.state, "config_publisher", None)
-    if publisher is not None and publisher.publish_config(serial, version, config):
-        with transaction(factory) as session:
-            service.mark_published(session, device_id=device_id, version=version)
+    try:
+        save_and_publish_config(factory, getattr(request.app.state, "config_publisher", None), serial=serial,
+                                config=body.config, actor=f"user:{user.username}")
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"device {serial} not found") from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     with factory() as session:
         device = load_device(session, serial)
         return _config_state(session, device)

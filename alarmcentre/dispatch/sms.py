@@ -190,13 +190,16 @@ class SmsSender:
         except SmsError as exc:
             message.last_error = str(exc)[:500]
             metrics.SMS_ERRORS.labels("transient" if exc.transient else "permanent").inc()
+            # The provider's message often quotes the number: it goes to last_error (shown to staff
+            # through the API), the log gets the code only.
+            error = f"{self.provider.name} error {exc.code}" if exc.code else f"{self.provider.name} unreachable"
             if exc.transient and message.attempts < self._settings.sms_max_attempts:
                 backoff = RETRY_BACKOFF_S[min(message.attempts - 1, len(RETRY_BACKOFF_S) - 1)]
                 message.not_before = now + timedelta(seconds=backoff)
-                log.warning("sms %d: %s; retry %d in %d s", message.id, exc, message.attempts, backoff)
+                log.warning("sms %d: %s; retry %d in %d s", message.id, error, message.attempts, backoff)
                 return
             message.status = SmsStatus.FAILED
-            log.error("sms %d failed for good: %s", message.id, exc)
+            log.error("sms %d failed for good: %s", message.id, error)
             if self._on_failed is not None:
                 self._on_failed(session, message)
             return

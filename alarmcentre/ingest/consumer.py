@@ -78,6 +78,7 @@ class _Received:
     mid: int
     qos: int
     generation: int  # which connection it came on: a mid is only valid on its own connection
+    at: float  # time.monotonic() at receipt: the readiness lag bound, immune to clock changes
 
 
 class IngestConsumer:
@@ -105,6 +106,10 @@ class IngestConsumer:
         self._worker: threading.Thread | None = None
         self.database_ok = True
         self.last_commit_at: float | None = None
+        # The batch the worker is committing: receipt time of its oldest message, and its size.
+        self._in_hand_since: float | None = None
+        self._in_hand = 0
+        self._running = False
 
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -129,6 +134,8 @@ class IngestConsumer:
         log.info("ingest: connecting to %s as %s", self.endpoint.safe(), self._client._client_id.decode())
         metrics.BROKER_CONNECTED.set(0)
         metrics.DATABASE_UP.set(1)
+        metrics.INGEST_RUNNING.inc()
+        self._running = True
         self._worker = threading.Thread(target=self._work, name="ingest-worker", daemon=True)
         self._worker.start()
         # connect_async + loop_start: paho retries the first connection and every later one.
@@ -143,6 +150,9 @@ class IngestConsumer:
         self._client.disconnect()
         self._client.loop_stop()
         metrics.BROKER_CONNECTED.set(0)
+        if self._running:
+            self._running = False
+            metrics.INGEST_RUNNING.dec()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -154,6 +164,24 @@ class IngestConsumer:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet committed: queued, or in the batch being committed."""
+        return self._queue.qsize() + self._in_hand
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def waiting_age(self) -> float | None:
+        """Seconds the oldest message received and not yet committed has waited; None when none waits.
+        What the broker still holds for us is not counted: it is not ours until received."""
+        oldest = self._in_hand_since
+        if oldest is None:
+            with self._queue.mutex:  # peek at the head without taking it
+                oldest = self._queue.queue[0].at if self._queue.queue else None
+        return None if oldest is None else max(time.monotonic() - oldest, 0.0)
 
     # -- paho callbacks (network thread) ---------------------------------------------------
 
@@ -194,6 +222,7 @@ class IngestConsumer:
             mid=msg.mid,
             qos=msg.qos,
             generation=self._generation,
+            at=time.monotonic(),
         )
         # Backpressure: wait for room, but never past stop(), or stop() would wait on this thread
         # forever. A message dropped here was not acknowledged: the broker sends it again.
@@ -203,7 +232,7 @@ class IngestConsumer:
                 break
             except queue.Full:
                 continue
-        metrics.INGEST_QUEUE.set(self._queue.qsize())
+        metrics.INGEST_QUEUE.set(self.pending)
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -213,16 +242,19 @@ class IngestConsumer:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._in_hand_since, self._in_hand = first.at, 1
             batch = [first]
             while len(batch) < self._batch_max:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+                self._in_hand += 1
             results = self._commit_with_retry(batch)
             if results is None:
                 return  # stopping while the database is down: the broker keeps the batch
             self._acknowledge(batch)
+            self._in_hand_since, self._in_hand = None, 0
             self._record(batch, results)
 
     def _commit_with_retry(self, batch: list[_Received]) -> list[Result] | None:
@@ -259,7 +291,7 @@ class IngestConsumer:
         now = clock.now()
         self.last_commit_at = time.time()
         metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
-        metrics.INGEST_QUEUE.set(self._queue.qsize())
+        metrics.INGEST_QUEUE.set(self.pending)
         for item, result in zip(batch, results, strict=True):
             metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
             if result.outcome is Outcome.ACCEPTED:

@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alarmcentre.canary import CanaryWatch
 from alarmcentre.clients.access import AccessCipher
 from alarmcentre.config import Settings
 from alarmcentre.users.models import Role
-from alarmcentre.web import login, operator, records
+from alarmcentre.web import login, operator, records, technician
 from alarmcentre.web.auth import BadCsrf, LoginRequired, LoginThrottle, NotAllowed, user_from_cookie
 from alarmcentre.web.i18n import WEB_DIR
 from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
@@ -31,12 +32,25 @@ def _is_fragment(request: Request) -> bool:
     return request.headers.get("X-Requested-With") == "fetch" or request.url.path == "/ui/events"
 
 
+async def startup(app: FastAPI) -> None:
+    """With a running server: the feed polls even with no browser connected (the canary)."""
+    app.state.live_feed.start()
+
+
+async def shutdown(app: FastAPI) -> None:
+    await app.state.live_feed.stop()
+
+
 def install(app: FastAPI, *, settings: Settings, session_factory: sessionmaker[Session]) -> None:
-    app.state.live_feed = feed = LiveFeed(session_factory, poll_s=settings.live_poll_s)
+    # The canary is watched where the dashboards' feed runs: its test alarm must reach that far.
+    canary = CanaryWatch(settings) if settings.canary_mqtt_url else None
+    app.state.live_feed = feed = LiveFeed(session_factory, poll_s=settings.live_poll_s, canary=canary)
+    if canary is not None:
+        app.state.health.add("canary", canary.readiness)
     app.state.access_cipher = AccessCipher(settings)
     app.state.login_throttle = LoginThrottle()
     app.state.shared_rendering = SharedRendering()
-    for router in (login.router, operator.router, records.router):
+    for router in (login.router, operator.router, records.router, technician.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 
@@ -57,6 +71,12 @@ def install(app: FastAPI, *, settings: Settings, session_factory: sessionmaker[S
         return EventSourceResponse(event_stream(feed, is_disconnected=request.is_disconnected), ping=5,
                                    ping_message_factory=lambda: ServerSentEvent(event="ping", data="-"),
                                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/ui/system", include_in_schema=False)
+    def system_state() -> JSONResponse:
+        """What the banner shows: the database and the canary as this process sees them (no login:
+        it names no person, and a wall screen or a probe may read it)."""
+        return JSONResponse(feed.system_state(), headers={"Cache-Control": "no-store"})
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, _exc: LoginRequired) -> Response:

@@ -98,6 +98,35 @@ LABELS: dict[str, str] = {
     # step answers an operator records
     "accept": N_("Accepted"),
     "decline": N_("Declined"),
+    # device inventory states
+    "in_stock": N_("In stock"),
+    "installed": N_("Installed"),
+    "faulty": N_("Faulty"),
+    "in_repair": N_("In repair"),
+    "retired": N_("Retired"),
+    # programming states (prefixed: "pending" above is a plan step's)
+    "programming_in_sync": N_("In sync"),
+    "programming_pending": N_("Waiting for the device"),
+    "programming_failed": N_("Refused by the device"),
+    # device settings (devices/catalogue.py)
+    "alarm_numbers": N_("Alarm numbers"),
+    "heartbeat_interval": N_("Heartbeat interval, s"),
+    "volume": N_("Volume"),
+    "language": N_("Language"),
+    "fall_sensitivity": N_("Fall sensitivity"),
+    # work order kinds and states (states prefixed: "open" above is an incident's)
+    "battery_replacement": N_("Battery replacement"),
+    "config_pending": N_("Configuration not applied"),
+    "repair": N_("Repair"),
+    "order_open": N_("Waiting for a technician"),
+    "order_assigned": N_("Assigned"),
+    "order_done": N_("Done"),
+    # the work order list's filters
+    "order_filter_active": N_("Not done"),
+    "order_filter_open": N_("Waiting for a technician"),
+    "order_filter_assigned": N_("Assigned"),
+    "order_filter_done": N_("Done"),
+    "order_filter_all": N_("All"),
 }
 
 

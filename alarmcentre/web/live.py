@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from alarmcentre import clock
+from alarmcentre.canary import CanaryWatch
 from alarmcentre.dispatch.models import SmsMessage
 from alarmcentre.incidents.models import TimelineEntry
 from alarmcentre.tasks.models import OperatorTask, TaskStatus
@@ -46,14 +47,18 @@ class Change:
     incidents: set[int] = field(default_factory=set)
     sms: bool = False
     tasks: bool = False
+    canary: bool = False  # the canary's verdict changed
 
     def __bool__(self) -> bool:
-        return bool(self.incidents or self.sms or self.tasks)
+        return bool(self.incidents or self.sms or self.tasks or self.canary)
 
 
 class LiveFeed:
-    def __init__(self, session_factory: sessionmaker[Session], *, poll_s: float = 0.25) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], *, poll_s: float = 0.25,
+                 canary: CanaryWatch | None = None) -> None:
         self._factory = session_factory
+        self.canary = canary
+        self._permanent = False
         self.poll_s = poll_s
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +83,19 @@ class LiveFeed:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="live-feed")
         return queue
 
+    def start(self) -> None:
+        """Keep polling with nobody connected (the API server does): the canary is watched always."""
+        self._permanent = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="live-feed")
+
+    def system_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"database": "ok" if self.database_ok else "down"}
+        if self.canary is not None and self.canary.state.ok is not None:
+            state["canary"] = "ok" if self.canary.state.ok else "late"
+            state["canary_detail"] = self.canary.state.detail
+        return state
+
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(queue)
 
@@ -97,6 +115,7 @@ class LiveFeed:
                 queue.put_nowait({"type": "change", "resync": True, "incidents": [], "sms": True, "tasks": True})
 
     async def stop(self) -> None:
+        self._permanent = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -105,21 +124,23 @@ class LiveFeed:
     # -- polling --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while self._subscribers:
+        while self._subscribers or self._permanent:
             try:
                 change = await run_in_threadpool(self.poll)
             except Exception as exc:  # the database is down: say so on every screen, keep trying
                 if self.database_ok:
                     log.warning("live feed: cannot read the database: %s", type(exc).__name__)
                     self.database_ok = False
-                    self.publish({"type": "system", "database": "down"})
+                    self.publish({"type": "system", **self.system_state()})
             else:
                 if not self.database_ok:
                     log.info("live feed: the database is back")
                     self.database_ok = True
                     # Everything may have changed meanwhile: every page re-reads.
-                    self.publish({"type": "system", "database": "ok"})
-                if change:
+                    self.publish({"type": "system", **self.system_state()})
+                if change.canary:
+                    self.publish({"type": "system", **self.system_state()})
+                if change.incidents or change.sms or change.tasks:
                     self.publish({"type": "change", "incidents": sorted(change.incidents),
                                   "sms": change.sms, "tasks": change.tasks})
             await asyncio.sleep(self.poll_s)
@@ -154,6 +175,9 @@ class LiveFeed:
             change.sms = sms_mark != self._sms_mark
             change.tasks = task_mark != self._task_mark
         self._sms_mark, self._task_mark = sms_mark, task_mark
+        if self.canary is not None:
+            with self._factory() as session:
+                change.canary = self.canary.poll(session)
         return change
 
 
@@ -190,7 +214,7 @@ async def event_stream(feed: LiveFeed, *, is_disconnected: Any) -> AsyncIterator
     queue = feed.subscribe()
     try:
         yield {"event": "hello", "retry": 2000,
-               "data": json.dumps({"server_time": clock.now().timestamp(), "database": feed.database_ok})}
+               "data": json.dumps({"server_time": clock.now().timestamp(), **feed.system_state()})}
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), timeout=5)

@@ -200,6 +200,7 @@ class SimDevice:
         self._interval_changed = asyncio.Event()
         self._battery_changed = asyncio.Event()
         self._inflight: set[asyncio.Task[bool]] = set()
+        self._late_flushes: set[asyncio.Task[None]] = set()
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=OUTBOX_MAX)
         self.connected = asyncio.Event()  # set while a session is up
         self.offline = asyncio.Event()  # the opposite of connected, to wait on
@@ -528,6 +529,19 @@ class SimDevice:
                 return
             self.stats.resent += 1
 
+    def _flush_outbox_now(self) -> None:
+        """Send the outbox on the connection that is up, if one is.
+
+        A publish in flight when a connection breaks fails only at its timeout, often after the
+        device has reconnected and sent its outbox: without this it would wait for the next
+        reconnect, however long that takes."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return  # the next connection sends the outbox first thing
+        task = asyncio.ensure_future(self._flush_outbox(client))
+        self._late_flushes.add(task)
+        task.add_done_callback(self._late_flushes.discard)
+
     async def _publish_now(
         self,
         client: aiomqtt.Client,
@@ -555,6 +569,7 @@ class SimDevice:
                 self.stats.outbox += 1
             else:
                 self._queue(kind, data, f"no PUBACK ({exc})")
+                self._flush_outbox_now()
             return False
         self.stats.record_publish(kind, True, time.monotonic() - started)
         self.console.message(">", self.device_id, topic.rsplit("/", 1)[-1], data)

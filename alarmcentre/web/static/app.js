@@ -11,6 +11,8 @@
   const state = {
     connected: false, // the feed is open and heard from recently
     database: true, // the server can read its database
+    canary: true, // the centre's test alarms come through in time
+    canaryDetail: "",
     beeps: 0, // alarm sounds played (tests read this)
     refreshes: 0, // fragments re-read
     waiting: [], // alarms nobody has taken: [{id, opened}]
@@ -188,14 +190,27 @@
     } else if (!state.database) {
       banner.textContent = banner.dataset.textDatabase;
       banner.hidden = false;
+    } else if (!state.canary) {
+      banner.textContent = `${banner.dataset.textCanary} (${state.canaryDetail})`;
+      banner.hidden = false;
     } else {
       banner.hidden = true;
     }
     body.classList.toggle("stale", !state.connected || !state.database);
+    body.classList.toggle("system-fault", !state.canary);
     if (liveState) {
       liveState.textContent = state.connected && state.database ? "● LIVE" : "● OFFLINE";
       liveState.classList.toggle("ok", state.connected && state.database);
     }
+  }
+
+  function applySystem(system) {
+    if (system.database !== undefined) state.database = system.database === "ok";
+    if (system.canary !== undefined) {
+      state.canary = system.canary === "ok";
+      state.canaryDetail = system.canary_detail || "";
+    }
+    showBanner();
   }
 
   function lost() {
@@ -211,9 +226,8 @@
       const hello = JSON.parse(event.data);
       state.serverOffset = hello.server_time * 1000 - Date.now();
       state.connected = true;
-      state.database = hello.database;
       state.lastHeard = Date.now();
-      showBanner();
+      applySystem(hello);
       refreshAll(); // whatever happened while we were away
     });
     source.addEventListener("change", (event) => {
@@ -222,9 +236,9 @@
     });
     source.addEventListener("system", (event) => {
       state.lastHeard = Date.now();
-      state.database = JSON.parse(event.data).database === "ok";
-      showBanner();
-      if (state.database) refreshAll();
+      const wasDown = !state.database;
+      applySystem(JSON.parse(event.data));
+      if (wasDown && state.database) refreshAll();
     });
     source.addEventListener("ping", () => { state.lastHeard = Date.now(); });
     source.onmessage = () => { state.lastHeard = Date.now(); };

@@ -1,0 +1,470 @@
+"""The operator dashboard in a real browser (Chromium) against the whole centre: simulated
+pendants press through a real broker, the ingest and the scheduler run, a real uvicorn serves
+the pages and the live feed. Nothing is reloaded by the test where the page must update by itself.
+
+Fixtures (the centre, the server, the browser): tests/browser.py. The server-side rules are
+tested without a browser in test_dashboard.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from babel.messages.pofile import read_po
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from alarmcentre.clients.models import Client
+from alarmcentre.contacts.models import Contact
+from alarmcentre.devices.models import Device
+from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage
+from alarmcentre.municipalities.models import Municipality
+from alarmcentre.users.models import User
+from alarmcentre.web.i18n import catalogue_path
+
+if TYPE_CHECKING:
+    from tests.browser import Stack
+
+pytest_plugins = ["tests.browser"]
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+LIVE_MS = 2_000  # an alarm must be on every operator's screen this soon after the press
+BANNER_MS = 5_000  # a lost feed must be told within a few seconds
+RESYNC_MS = 10_000  # after the server is back: the browser's retry (2 s) plus re-reading the page
+DOOR_CODE = "Durvis 4711, atslēgu seifs 0815 aiz pastkastītes"
+
+
+def connected(page: Any) -> None:
+    """The page's live feed is open (its hello arrived): from now on changes reach it without reload."""
+    # Predicates as functions: an expression string would need eval, which the page's CSP forbids.
+    page.wait_for_function("() => window.alarmcentreState && window.alarmcentreState.connected")
+
+
+def mark(page: Any) -> None:
+    """A value in the page's JavaScript world: gone if the page is ever reloaded or navigated."""
+    page.evaluate("window.__sameDocument = true")
+
+
+def assert_not_reloaded(page: Any) -> None:
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded: it must update by itself"
+
+
+def live_state(page: Any) -> dict[str, Any]:
+    return page.evaluate("({connected: alarmcentreState.connected, beeps: alarmcentreState.beeps,"
+                         " refreshes: alarmcentreState.refreshes, waiting: alarmcentreState.waiting.length})")
+
+
+def rows(page: Any) -> Any:
+    return page.get_by_test_id("queue-row")
+
+
+def row(page: Any, incident_id: int) -> Any:
+    return page.locator(f"[data-testid=queue-row][data-id='{incident_id}']")
+
+
+def report(figure: str, seconds: float) -> None:
+    print(f"\n  {figure}: {seconds * 1000:.0f} ms")
+
+
+def take_from_queue(page: Any, incident_id: int) -> None:
+    row(page, incident_id).get_by_test_id("take").click()
+    page.wait_for_url(f"**/ui/incidents/{incident_id}")
+
+
+def resolve(page: Any, outcome: str) -> None:
+    page.get_by_test_id("outcome").select_option(outcome)
+    page.get_by_test_id("resolve").click()
+    expect(page.get_by_test_id("incident-head")).to_have_attribute("data-status", "resolved")
+
+
+def csrf(page: Any) -> str:
+    return page.locator("meta[name=csrf-token]").get_attribute("content") or ""
+
+
+# -- 1. an alarm from the press to its resolution ------------------------------------------------
+
+
+def test_an_alarm_goes_from_the_press_to_resolved_without_reloading(
+        stack: Stack, open_browser: Callable[..., Any]) -> None:
+    queue = open_browser("operator", via_form=True)
+    expect(queue).to_have_url(f"{stack.url}/ui/queue")
+    expect(queue.get_by_test_id("queue-empty")).to_be_visible()
+    connected(queue)
+    mark(queue)
+    beeps = live_state(queue)["beeps"]
+    quiet_title = queue.title()
+    assert not quiet_title.startswith("⚠")
+
+    pressed = time.monotonic()
+    stack.press(stack.serials[0])
+    expect(rows(queue)).to_have_count(1, timeout=LIVE_MS)
+    report("press to queue row", time.monotonic() - pressed)
+    incident_id = int(rows(queue).first.get_attribute("data-id") or 0)
+    assert incident_id == stack.wait_for_incident(stack.serials[0])
+    expect(row(queue, incident_id)).to_have_attribute("data-status", "open")
+    expect(row(queue, incident_id)).to_contain_text("Anna Bērziņa")
+    # Alerting: the bar, the flashing title, the sound (headless plays nothing; the counter tells the try).
+    expect(queue.get_by_test_id("alarm-bar")).to_be_visible()
+    queue.wait_for_function("() => document.title.startsWith('⚠')", timeout=3_000)
+    assert live_state(queue)["beeps"] == beeps + 1
+    assert_not_reloaded(queue)
+
+    take_from_queue(queue, incident_id)
+    incident = queue
+    head = incident.get_by_test_id("incident-head")
+    expect(head).to_have_attribute("data-status", "acknowledged")
+    expect(head).to_have_attribute("data-owner", str(stack.user_ids["operator"]))
+    expect(incident.get_by_test_id("alarm-bar")).to_be_hidden()
+    assert live_state(incident)["waiting"] == 0 and not incident.title().startswith("⚠")
+
+    # Dispatch the relative by SMS: the first step of the client's plan.
+    step_id, phone = stack.first_sms_step(incident_id)
+    step = incident.locator(f"[data-testid=step][data-step-id='{step_id}']")
+    expect(step).to_have_attribute("data-state", "pending")
+    step.get_by_test_id("step-start").click()
+    expect(step).to_have_attribute("data-state", "waiting")
+    connected(incident)
+    mark(incident)
+
+    # The relative answers "JA" (simulated, in a second tab of the same operator).
+    sms = incident.context.new_page()
+    sms.goto("/ui/sms")
+    expect(sms.locator(f"[data-testid=sms-row][data-direction=out]:has-text('{phone}')")).to_have_count(1)
+    sms.get_by_test_id("simulate-from").fill(phone)
+    sms.get_by_test_id("simulate-body").fill("JA")
+    sms.get_by_test_id("simulate-send").click()
+    sent = time.monotonic()
+    expect(sms.locator("[data-testid=sms-row][data-direction=in]")).to_have_count(1)
+
+    reply = incident.locator("[data-testid=timeline-entry][data-kind=sms_reply]")
+    expect(reply).to_have_count(1, timeout=LIVE_MS)
+    report("SMS reply to the incident's timeline", time.monotonic() - sent)
+    expect(reply).to_contain_text("«JA»")
+    expect(step).to_have_attribute("data-state", "accepted")
+    assert_not_reloaded(incident)
+
+    # The second tab watches the queue while the first resolves.
+    sms.goto("/ui/queue")
+    expect(row(sms, incident_id)).to_have_attribute("data-status", "acknowledged")
+    connected(sms)
+    mark(sms)
+    resolve(incident, "relative_attended")
+    expect(sms.get_by_test_id("queue-empty")).to_be_visible(timeout=LIVE_MS)
+    expect(rows(sms)).to_have_count(0)
+    assert_not_reloaded(sms)
+    assert stack.open_incidents() == []
+    kinds = incident.locator("[data-testid=timeline-entry]").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert {"opened", "acknowledged", "step_started", "sms_reply", "resolved"} <= set(kinds), kinds
+
+
+# -- 2. two operators -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
+def test_two_operators_see_the_alarm_and_who_took_it(stack: Stack, open_browser: Callable[..., Any]) -> None:
+    first, second = open_browser("operator"), open_browser("operator2")
+    for page in (first, second):
+        connected(page)
+        mark(page)
+
+    started = time.monotonic()
+    stack.press(stack.serials[1])
+    for page in (first, second):
+        expect(rows(page)).to_have_count(1, timeout=max(1, LIVE_MS - (time.monotonic() - started) * 1000))
+    report("press to both operators' queues", time.monotonic() - started)
+    incident_id = stack.wait_for_incident(stack.serials[1])
+    expect(row(second, incident_id).get_by_test_id("take")).to_be_visible()
+
+    taken = time.monotonic()
+    take_from_queue(first, incident_id)
+    theirs = row(second, incident_id)
+    expect(theirs).to_have_attribute("data-owner", str(stack.user_ids["operator"]), timeout=LIVE_MS)
+    report("take to the other operator's screen", time.monotonic() - taken)
+    expect(theirs).to_have_attribute("data-status", "acknowledged")
+    expect(theirs.get_by_test_id("owner")).to_have_text("Ilze Kalna")
+    expect(theirs.get_by_test_id("take")).to_have_count(0)
+    expect(second.get_by_test_id("alarm-bar")).to_be_hidden()
+    assert_not_reloaded(second)
+
+    # The other operator opening it sees it is taken: no Take button, no access to reveal.
+    second.goto(f"/ui/incidents/{incident_id}")
+    expect(second.get_by_test_id("incident-owner")).to_have_text("Ilze Kalna")
+    expect(second.get_by_test_id("acknowledge")).to_have_count(0)
+
+
+# -- 3. the server goes away and comes back -------------------------------------------------------
+
+
+def test_after_a_server_restart_the_page_resynchronises_by_itself(
+        stack: Stack, open_browser: Callable[..., Any]) -> None:
+    page = open_browser("operator")
+    connected(page)
+    stack.press(stack.serials[0])
+    first = stack.wait_for_incident(stack.serials[0])
+    expect(row(page, first)).to_be_visible(timeout=LIVE_MS)
+    mark(page)
+    banner = page.get_by_test_id("conn-banner")
+    expect(banner).to_be_hidden()
+    beeps = live_state(page)["beeps"]
+
+    stopping = time.monotonic()
+    stack.server.stop()
+    report("server stop (graceful shutdown, then the feed's stream cancelled)", time.monotonic() - stopping)
+    expect(banner).to_be_visible(timeout=BANNER_MS)
+    report("stop requested to banner shown", time.monotonic() - stopping)
+    expect(banner).to_contain_text("Savienojums ar centru zudis")
+    assert live_state(page)["connected"] is False
+
+    # While the API is down the ingest goes on: an alarm is stored all the same.
+    stack.press(stack.serials[1])
+    second = stack.wait_for_incident(stack.serials[1])
+
+    restarting = time.monotonic()
+    stack.server.start()
+    expect(row(page, second)).to_be_visible(timeout=RESYNC_MS)
+    report("server started to the missed alarm shown", time.monotonic() - restarting)
+    expect(banner).to_be_hidden()
+    assert live_state(page)["connected"] is True
+    assert_not_reloaded(page)
+    # Nothing twice: exactly the open incidents, each once, now and after the next safety refresh.
+    expected = sorted(incident.id for incident in stack.open_incidents())
+    assert expected == [first, second]
+    for _ in range(2):
+        shown = rows(page).evaluate_all("els => els.map(e => Number(e.dataset.id))")
+        assert sorted(shown) == expected, shown
+        time.sleep(0.5)
+    assert live_state(page)["beeps"] > beeps, "the alarm missed during the outage must sound"
+    # And the feed works again: a new alarm arrives live.
+    stack.press(stack.serials[2])
+    expect(rows(page)).to_have_count(3, timeout=LIVE_MS)
+
+
+# -- 4. who may see the door codes ----------------------------------------------------------------
+
+
+def test_access_information_is_revealed_only_to_the_operator_handling_the_incident(
+        stack: Stack, open_browser: Callable[..., Any]) -> None:
+    serial = stack.serials[2]
+    client_id = stack.client_id(serial)
+    admin = open_browser("admin")
+    admin.goto(f"/ui/clients/{client_id}")
+    admin.get_by_test_id("access-input").fill(DOOR_CODE)
+    admin.get_by_test_id("client-save").click()
+    admin.wait_for_url(f"**/ui/clients/{client_id}")
+    expect(admin.locator("main")).to_contain_text("ierakstīta (paslēpta)")
+    expect(admin.get_by_test_id("access-input")).to_have_value("")  # write-only: never sent back
+    assert DOOR_CODE not in admin.content()
+
+    stack.press(serial)
+    incident_id = stack.wait_for_incident(serial)
+    incident_url = f"/ui/incidents/{incident_id}"
+    reveal_url = f"{incident_url}/reveal"
+
+    technician = open_browser("technician")
+    response = technician.goto(incident_url)
+    assert response is not None and response.status == 403
+    expect(technician.get_by_test_id("error-page")).to_have_attribute("data-code", "403")
+    refused = technician.request.post(reveal_url, form={"csrf": csrf(technician)}, max_redirects=0)
+    assert refused.status == 403 and DOOR_CODE not in refused.text()
+
+    operator = open_browser("operator")
+    operator.goto(incident_url)
+    expect(operator.get_by_test_id("access-hidden")).to_be_visible()
+    expect(operator.get_by_test_id("reveal")).to_have_count(0)
+    refused = operator.request.post(reveal_url, form={"csrf": csrf(operator)}, max_redirects=0)
+    assert refused.status == 403 and DOOR_CODE not in refused.text(), "not before taking the incident"
+
+    operator.get_by_test_id("acknowledge").click()
+    expect(operator.get_by_test_id("incident-head")).to_have_attribute("data-status", "acknowledged")
+    other = open_browser("operator2")
+    other.goto(incident_url)
+    expect(other.get_by_test_id("access-hidden")).to_be_visible()
+    expect(other.get_by_test_id("reveal")).to_have_count(0)
+    refused = other.request.post(reveal_url, form={"csrf": csrf(other)}, max_redirects=0)
+    assert refused.status == 403 and DOOR_CODE not in refused.text(), "not another operator's incident"
+
+    operator.get_by_test_id("reveal").click()
+    expect(operator.get_by_test_id("access-revealed")).to_have_text(DOOR_CODE)
+    operator.goto(incident_url)  # shown for that one answer only
+    expect(operator.get_by_test_id("access-revealed")).to_have_count(0)
+    expect(operator.get_by_test_id("reveal")).to_be_visible()
+
+    resolve(operator, "accidental_press")
+    expect(operator.get_by_test_id("access-hidden")).to_be_visible()
+    expect(operator.get_by_test_id("reveal")).to_have_count(0)
+    refused = operator.request.post(reveal_url, form={"csrf": csrf(operator)}, max_redirects=0)
+    assert refused.status == 403 and DOOR_CODE not in refused.text(), "not once the incident is closed"
+
+    supervisor = open_browser("supervisor")
+    supervisor.goto("/ui/audit/reveals")
+    audit = supervisor.get_by_test_id("reveal-row")
+    expect(audit).to_have_count(1)
+    expect(audit).to_contain_text("Ilze Kalna (operator)")
+    expect(audit).to_contain_text(stack.client_name(client_id))
+    expect(audit).to_contain_text(f"#{incident_id}")
+    assert DOOR_CODE not in supervisor.content()
+    response = operator.goto("/ui/audit/reveals")
+    assert response is not None and response.status == 403, "operators do not read the audit"
+
+
+# -- 5. Latvian -------------------------------------------------------------------------------------
+
+
+def _catalogue() -> list[tuple[str, str]]:
+    """(English, Latvian) of every message translated to something else."""
+    with catalogue_path("lv").open("rb") as po:
+        catalogue = read_po(po, locale="lv")
+    return [(m.id, m.string) for m in catalogue
+            if m.id and isinstance(m.id, str) and m.string and m.string != m.id and not m.fuzzy]
+
+
+PLACEHOLDER = re.compile(r"%\(\w+\)s")
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", PLACEHOLDER.sub(" ", text).lower()))
+
+
+def _untranslated_fragments(messages: list[tuple[str, str]], *, english: bool) -> list[str]:
+    """The pieces of each message (split at its placeholders) that give a page in the other language
+    away; a piece that is also a word of the other language's texts ("no", "To") tells nothing."""
+    other = " " + " ".join(_words(lv if english else en) for en, lv in messages) + " "
+    pieces = []
+    for en, lv in messages:
+        for piece in PLACEHOLDER.split(en if english else lv):
+            piece = piece.strip(" .,:…·")
+            if len(piece) >= 2 and re.search(r"[^\W\d_]", piece) and f" {_words(piece)} " not in other:
+                pieces.append(piece)
+    return sorted(set(pieces), key=len, reverse=True)
+
+
+def _data(stack: Stack) -> list[str]:
+    """What the database put on the page (names, addresses, texts): not the dashboard's own words."""
+    columns = [Client.full_name, Client.address, Client.medical_notes, Contact.name, SharedResource.name,
+               PlanStep.instruction, IncidentStep.name, IncidentStep.instruction, SmsMessage.body,
+               User.full_name, User.username, Device.serial, Device.model, Municipality.name]
+    with stack.sessions() as session:
+        found = {value for column in columns for value in session.scalars(select(column)) if value}
+    return sorted(found, key=len, reverse=True)
+
+
+UI_TEXT_JS = """() => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const parts = [document.title, document.body.innerText];
+  for (const el of document.querySelectorAll("option")) parts.push(el.textContent);
+  for (const el of document.querySelectorAll("[placeholder]")) parts.push(el.getAttribute("placeholder"));
+  // Texts the script shows later (banners, the title while alarms wait).
+  for (const el of document.querySelectorAll("[data-text], [data-text-lost], [data-text-database], [data-title-alert]"))
+    for (const [key, value] of Object.entries(el.dataset)) if (key.startsWith("text") || key === "titleAlert")
+      parts.push(value);
+  return parts.join("\\n");
+}"""
+
+
+def _foreign_words(page: Any, pieces: list[str], data: list[str]) -> list[str]:
+    text = page.evaluate(UI_TEXT_JS)
+    for value in data:
+        text = text.replace(value, "\n")
+    return [piece for piece in pieces if re.search(rf"(?<!\w){re.escape(piece)}(?!\w)", text)]
+
+
+def test_latvian_pages_show_no_english_and_the_header_switches_to_english(
+        stack: Stack, open_browser: Callable[..., Any]) -> None:
+    messages = _catalogue()
+    english, latvian = (_untranslated_fragments(messages, english=flag) for flag in (True, False))
+    assert len(english) > 150 and "Take this incident" in english and "Queue" in english
+
+    # Something on every page: an alarm taken, its relative texted and answering.
+    stack.press(stack.serials[3], "fall_detected")
+    stack.press(stack.serials[0])
+    incident_id = stack.wait_for_incident(stack.serials[3])
+    stack.wait_for_incident(stack.serials[0])
+    page = open_browser("operator")
+    take_from_queue(page, incident_id)
+    step_id, phone = stack.first_sms_step(incident_id)
+    page.locator(f"[data-testid=step][data-step-id='{step_id}'] [data-testid=step-start]").click()
+    answered = page.request.post("/ui/sms/simulate-reply", form={"from_number": phone, "body": "JA",
+                                                                 "csrf": csrf(page)})
+    assert answered.ok
+
+    admin = open_browser("admin")
+    pages = [(page, "/ui/queue"), (page, f"/ui/incidents/{incident_id}"), (page, "/ui/sms"),
+             (page, "/ui/clients"), (admin, f"/ui/clients/{stack.client_id(stack.serials[3])}")]
+    data = _data(stack)
+    for browser, path in pages:
+        browser.goto(path)
+        expect(browser.locator("html")).to_have_attribute("lang", "lv")
+        if path == "/ui/queue":
+            expect(rows(browser)).to_have_count(2)
+        assert _foreign_words(browser, english, data) == [], f"English on the Latvian {path}"
+    expect(page.get_by_test_id("nav-queue")).to_have_text("Rinda")
+
+    page.goto("/ui/queue")
+    # The check does see English where there is some.
+    page.evaluate("document.querySelector('main').insertAdjacentHTML('beforeend', '<p>Take this incident</p>')")
+    assert "Take this incident" in _foreign_words(page, english, data)
+
+    page.get_by_test_id("lang-en").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page).to_have_url(f"{stack.url}/ui/queue")
+    expect(page.get_by_test_id("nav-queue")).to_have_text("Queue")
+    expect(rows(page).first.get_by_test_id("owner")).to_have_text("Ilze Kalna")
+    assert _foreign_words(page, latvian, data) == [], "Latvian on the English queue"
+    page.goto(f"/ui/incidents/{incident_id}")  # kept in the account: every page from now on
+    expect(page.get_by_test_id("steps")).to_contain_text("Accepted")
+    assert _foreign_words(page, latvian, data) == [], "Latvian on the English incident page"
+    page.get_by_test_id("lang-lv").click()
+    expect(page.locator("html")).to_have_attribute("lang", "lv")
+    expect(page.get_by_test_id("steps")).to_contain_text("Pieņemts")
+
+
+# -- 6. pictures for people ------------------------------------------------------------------------
+
+
+def test_screenshots_of_a_busy_queue_and_an_incident(stack: Stack, open_browser: Callable[..., Any]) -> None:
+    """artifacts/screenshots/queue.png and incident.png: what an operator sees on a busy night."""
+    kinds = ["button_press", "fall_detected", "pull_cord", "button_press"]
+    for serial, kind in zip(stack.serials, kinds, strict=True):
+        stack.press(serial, kind)
+    ids = [stack.wait_for_incident(serial) for serial in stack.serials]
+
+    colleague = open_browser("operator2")
+    colleague.goto(f"/ui/incidents/{ids[2]}")
+    colleague.get_by_test_id("acknowledge").click()
+    expect(colleague.get_by_test_id("incident-head")).to_have_attribute("data-status", "acknowledged")
+
+    page = open_browser("operator")
+    take_from_queue(page, ids[0])
+    call = page.get_by_test_id("call-form")
+    call.locator("select[name=client_said]").select_option("needs_help")
+    call.locator("input[name=notes]").fill("Nokritusi virtuvē, nevar piecelties")
+    call.locator("button").click()
+    step_id, phone = stack.first_sms_step(ids[0])
+    page.locator(f"[data-testid=step][data-step-id='{step_id}'] [data-testid=step-start]").click()
+    answered = page.request.post("/ui/sms/simulate-reply", form={"from_number": phone, "body": "Jā",
+                                                                 "csrf": csrf(page)})
+    assert answered.ok
+    page.get_by_test_id("note-text").fill("Meita brauc, būs pēc 15 min")
+    page.get_by_test_id("note-text").press("Enter")
+    expect(page.locator("[data-testid=timeline-entry][data-kind=note]")).to_have_count(1)
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto("/ui/queue")
+    connected(page)
+    expect(rows(page)).to_have_count(4)
+    page.wait_for_timeout(1_500)  # the waiting timers have ticked
+    page.screenshot(path=str(SCREENSHOTS / "queue.png"), full_page=True)
+
+    page.goto(f"/ui/incidents/{ids[0]}")
+    connected(page)
+    expect(page.get_by_test_id("step").first).to_have_attribute("data-state", "accepted")
+    expect(page.locator("[data-testid=timeline-entry][data-kind=sms_reply]")).to_have_count(1)
+    page.screenshot(path=str(SCREENSHOTS / "incident.png"), full_page=True)
+    for name in ("queue.png", "incident.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 20_000, name

@@ -6,9 +6,11 @@ import logging
 from datetime import date
 from typing import Any
 
+from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from alarmcentre.clients.access import set_access_info
 from alarmcentre.clients.models import Client, Language
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
@@ -37,8 +39,9 @@ def demo_serial(index: int) -> str:
     return f"DEMO-{index:04d}"
 
 
-def seed_demo(factory: sessionmaker[Session], *, devices: int) -> list[str]:
-    """Create what is missing (safe to run at every start); returns the device serials."""
+def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Fernet | None = None) -> list[str]:
+    """Create what is missing (safe to run at every start); returns the device serials.
+    With `access_cipher`, new demo clients get door and key-safe codes to reveal."""
     with transaction(factory) as session:
         for username, password, role in DEMO_USERS:
             if session.scalar(select(User).where(User.username == username)) is None:
@@ -58,6 +61,12 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int) -> list[str]:
             if session.scalar(select(Device).where(Device.serial == serial)) is not None:
                 continue
             client = _demo_client(session, municipality.id, index, keys=keys, ambulance=ambulance)
+            if access_cipher is not None:
+                admin = session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1))
+                if admin is not None:
+                    set_access_info(session, access_cipher, client=client, user=admin,
+                                    text=f"Durvju kods {1000 + index * 37}, atslēgu seifs {2000 + index * 53} "
+                                         "pie pastkastītes / door code, key safe by the mailbox")
             session.add(Device(serial=serial, model="demo-pendant", firmware="1.0.0", client_id=client.id,
                                status=DeviceStatus.INSTALLED, heartbeat_interval_s=60))
     log.info("demo data ready: %d devices", len(serials))

@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
+from alarmcentre.db import SQLITE_IMMEDIATE
 from alarmcentre.users import service as users
 from alarmcentre.users.models import IntegrationKey, Role, User
 
@@ -20,6 +21,9 @@ def get_session(request: Request) -> Iterator[Session]:
     """One transaction per request: committed when the route returns, rolled back on error."""
     factory = request.app.state.session_factory
     with factory() as session, session.begin():
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # It will write: on SQLite, a concurrent commit (the ingest, the scheduler) must not fail it.
+            session.connection(execution_options={SQLITE_IMMEDIATE: True})
         yield session
 
 

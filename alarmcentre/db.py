@@ -46,6 +46,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime}
 
 
+# Execution option for a transaction that will write (Session.connection(execution_options=...)):
+# on SQLite it takes the write lock when it begins; elsewhere it changes nothing.
+SQLITE_IMMEDIATE = "sqlite_immediate"
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     # Database errors are logged; their bound values would carry names, phone numbers and addresses.
     kwargs.setdefault("hide_parameters", True)
@@ -68,7 +73,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # A deferred transaction that read, then writes, fails at once ("database is locked", no
+            # waiting) if another connection committed in between; one begun IMMEDIATE waits its turn.
+            immediate = conn.get_execution_options().get(SQLITE_IMMEDIATE)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)

@@ -165,45 +165,42 @@ def get_config(session: SessionDep, _u: Reader, device: Annotated[Device, Depend
 
 
 def save_and_publish_config(
-    factory: sessionmaker[Session], publisher: ConfigPublisher | None, *, serial: str, config: dict[str, Any],
-    actor: str, expected_version: int | None = None,
+    session: Session, factory: sessionmaker[Session], publisher: ConfigPublisher | None, *, device: Device,
+    config: dict[str, Any], actor: str, expected_version: int | None = None,
 ) -> int:
-    """Commit `config` as the device's next desired version, then publish it retained; the version saved.
+    """Store `config` as the device's next desired version, commit `session`, then publish it retained;
+    the version saved. The API and the dashboard both save through here.
 
-    The API and the dashboard both save through here. The save is committed before the publish:
-    if the broker is unreachable the change is kept and the scheduler publishes it later.
-    LookupError: no such device; ValueError: invalid for the model (its __cause__ is the
-    ValidationError); DeviceConflict: `expected_version` is no longer the desired one."""
-    with transaction(factory) as session:
-        device = service.get_by_serial(session, serial)
-        if device is None:
-            raise LookupError(f"device {serial} not found")
-        if expected_version is not None:
-            session.refresh(device, with_for_update=True)
-            if device.desired_config_version != expected_version:
-                raise service.DeviceConflict(f"version {device.desired_config_version} was saved meanwhile")
-        row = service.set_desired_config(session, device=device, config=config, actor=actor)
-        device_id, version, saved = device.id, row.version, dict(row.config)
+    The request's own transaction is committed (the session is finished afterwards): the save
+    must be durable before the broker holds it, and the publish (up to its timeout) must not keep a
+    write lock. If the broker is unreachable the change is kept and the scheduler publishes it later.
+    Refused before anything is written: ValueError when invalid for the model (its __cause__ is the
+    ValidationError), DeviceConflict when `expected_version` is no longer the desired one."""
+    if expected_version is not None:
+        session.refresh(device, with_for_update=True)
+        if device.desired_config_version != expected_version:
+            raise service.DeviceConflict(f"version {device.desired_config_version} was saved meanwhile")
+    row = service.set_desired_config(session, device=device, config=config, actor=actor)
+    serial, device_id, version, saved = device.serial, device.id, row.version, dict(row.config)
+    session.commit()
     if publisher is not None and publisher.publish_config(serial, version, saved):
-        with transaction(factory) as session:
-            service.mark_published(session, device_id=device_id, version=version)
+        with transaction(factory) as later:
+            service.mark_published(later, device_id=device_id, version=version)
     return version
 
 
 @router.put("/{serial}/config", response_model=ConfigStateOut)
-def put_config(serial: str, body: ConfigIn, request: Request, user: Editor) -> ConfigStateOut:
+def put_config(serial: str, body: ConfigIn, request: Request, session: SessionDep, user: Editor) -> ConfigStateOut:
     """Save a new desired configuration (the next version), then publish it retained to the device.
 
     The save is committed before the publish: if the broker is unreachable the change is kept
     and the scheduler publishes it later (`published` is false until then)."""
     factory = request.app.state.session_factory
+    device = load_device(session, serial)
     try:
-        save_and_publish_config(factory, getattr(request.app.state, "config_publisher", None), serial=serial,
-                                config=body.config, actor=f"user:{user.username}")
-    except LookupError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"device {serial} not found") from exc
+        save_and_publish_config(session, factory, getattr(request.app.state, "config_publisher", None),
+                                device=device, config=body.config, actor=f"user:{user.username}")
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-    with factory() as session:
-        device = load_device(session, serial)
-        return _config_state(session, device)
+    with factory() as fresh:
+        return _config_state(fresh, load_device(fresh, serial))

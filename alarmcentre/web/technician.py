@@ -357,7 +357,7 @@ async def form_fields(request: Request) -> dict[str, str]:
 def save_config(request: Request, session: SessionDep, user: Editor, serial: str,
                 form: Annotated[dict[str, str], Depends(form_fields)]) -> Response:
     """The same save as PUT /api/v1/devices/{serial}/config: validated, the next version, committed,
-    then published when the centre has a publisher."""
+    then published when the centre has a publisher. Refused, nothing was written."""
     device = _device(session, serial)
     config, errors = parse_settings(request, settings_of(device.model), form)
     reason = ""
@@ -369,10 +369,10 @@ def save_config(request: Request, session: SessionDep, user: Editor, serial: str
         typed = form.get("version", "").strip()
         expected = int(typed) if re.fullmatch(r"[0-9]{1,9}", typed) else None
         try:
-            save_and_publish_config(request.app.state.session_factory,
-                                    getattr(request.app.state, "config_publisher", None), serial=device.serial,
-                                    config=config, actor=f"user:{user.username}",
-                                    expected_version=expected)
+            # Commits this request's transaction on success: nothing may use `session` afterwards.
+            save_and_publish_config(session, request.app.state.session_factory,
+                                    getattr(request.app.state, "config_publisher", None), device=device,
+                                    config=config, actor=f"user:{user.username}", expected_version=expected)
         except devices.DeviceConflict:
             reason = translate(request, "Someone else saved meanwhile. Check the configuration below and save again.")
             code = status.HTTP_409_CONFLICT

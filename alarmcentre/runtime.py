@@ -182,15 +182,25 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
     """`alarmcentre up` / `demo`: every part in this process, stopped together on Ctrl-C."""
     import uvicorn
 
+    serials: list[str] = []
+    if demo:
+        # Seeded before the ingest and scheduler start: on SQLite their commits could otherwise
+        # collide with the seeding transaction ("database is locked").
+        from alarmcentre.clients.access import load_cipher
+        from alarmcentre.demo import seed_demo
+
+        seeding = Database.open(settings)
+        try:
+            serials = seed_demo(seeding.sessions, devices=demo_devices, access_cipher=load_cipher(settings))
+        finally:
+            seeding.engine.dispose()
     centre = Centre(settings)
     try:
         centre.start()
         assert centre.db is not None and centre.mqtt_url is not None
         if demo:
-            from alarmcentre.clients.access import load_cipher
-            from alarmcentre.demo import DEMO_USERS, seed_demo, start_demo_fleet
+            from alarmcentre.demo import DEMO_USERS, start_demo_fleet
 
-            serials = seed_demo(centre.db.sessions, devices=demo_devices, access_cipher=load_cipher(settings))
             if not centre.consumer.wait_connected(15):
                 log.error("the ingest did not connect to the broker within 15 s; the simulator starts anyway")
             fleet = start_demo_fleet(centre.device_url or centre.mqtt_url, serials, press_rate=press_rate)

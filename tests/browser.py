@@ -17,24 +17,32 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 import uvicorn
 from alarmcentre_sim.fleet import Fleet
+from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre.app import create_app
+from alarmcentre.clients.access import load_cipher
 from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.demo import DEMO_USERS, seed_demo
+from alarmcentre.devices.models import Device
+from alarmcentre.dispatch.models import Channel, IncidentStep
 from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.runtime import Centre, Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from alarmcentre.web.auth import SESSION_COOKIE
 from tests.conftest import free_port, missing_service, wait_for_port
+
+if TYPE_CHECKING:  # imported where used: without playwright these tests skip (or fail in CI), not error
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 CHROMIUM = os.environ.get("ALARMCENTRE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking"]
@@ -62,7 +70,7 @@ class LiveServer:
     Server; stop() waits for it. The dashboard's SSE streams never end by themselves, so the
     graceful shutdown is short: after it uvicorn cancels them, as a stopping process would."""
 
-    def __init__(self, make_app: Callable[[], Any], port: int) -> None:
+    def __init__(self, make_app: Callable[[], FastAPI], port: int) -> None:
         self.make_app = make_app
         self.port = port
         self.server: uvicorn.Server | None = None
@@ -117,7 +125,7 @@ class Stack:
         return self.server.url
 
     @property
-    def sessions(self) -> Any:
+    def sessions(self) -> sessionmaker[Session]:
         assert self.centre.db is not None
         return self.centre.db.sessions
 
@@ -132,8 +140,6 @@ class Stack:
 
     def wait_for_incident(self, serial: str, timeout: float = 10.0) -> int:
         """The id of the unresolved incident of a device (the ingest commits it a moment after the press)."""
-        from alarmcentre.devices.models import Device
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.sessions() as session:
@@ -144,10 +150,7 @@ class Stack:
             time.sleep(0.05)
         pytest.fail(f"no incident for {serial} within {timeout} s")
 
-
     def client_id(self, serial: str) -> int:
-        from alarmcentre.devices.models import Device
-
         with self.sessions() as session:
             found = session.scalar(select(Device.client_id).where(Device.serial == serial))
         assert found is not None, serial
@@ -167,8 +170,6 @@ class Stack:
 
     def first_sms_step(self, incident_id: int) -> tuple[int, str]:
         """(step id, phone) of the incident's first plan step that texts someone."""
-        from alarmcentre.dispatch.models import Channel, IncidentStep
-
         with self.sessions() as session:
             step = session.scalars(select(IncidentStep).where(IncidentStep.incident_id == incident_id,
                                                               IncidentStep.channel == Channel.SMS)
@@ -176,14 +177,16 @@ class Stack:
         assert step is not None, f"incident {incident_id} has no SMS step in its plan"
         return step.id, step.phone
 
-def _seed(sessions: Any) -> tuple[list[str], dict[str, User]]:
+
+def _seed(sessions: sessionmaker[Session], settings: Settings) -> tuple[list[str], dict[str, User]]:
+    """The demo's data (clients with plans, door codes, devices) with the staff of tests/browser.py."""
     staff: dict[str, User] = {}
     with transaction(sessions) as session:
         for username, password, role in STAFF:  # before seed_demo, which then keeps them
             staff[username] = User(username=username, password_hash=_password_hash(password), role=role,
                                    full_name=FULL_NAMES[username])
         session.add_all(staff.values())
-    return seed_demo(sessions, devices=DEVICES), staff
+    return seed_demo(sessions, devices=DEVICES, access_cipher=load_cipher(settings)), staff
 
 
 def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
@@ -194,7 +197,7 @@ def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
     # when another process part committed in between (the scheduler's first jobs at start-up).
     database = Database.open(settings)
     try:
-        serials, staff = _seed(database.sessions)
+        serials, staff = _seed(database.sessions, settings)
     finally:
         database.engine.dispose()
     centre = Centre(settings).start()
@@ -239,7 +242,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
+def chromium() -> Iterator[Browser]:
     """Debian's Chromium (never a downloaded browser), one per test module."""
     if not Path(CHROMIUM).exists():
         missing_service(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; "
@@ -261,15 +264,15 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def open_browser(chromium: Any, stack: Stack) -> Iterator[Callable[..., Any]]:
+def open_browser(chromium: Browser, stack: Stack) -> Iterator[Callable[..., Page]]:
     """open_browser("operator") -> a page of a new browser context (its own cookies), logged in as that
     user, on its home page.
 
     The session cookie is issued directly unless via_form: argon2 is slow on purpose, and a dozen
     logins through the form would double the run (the form is tested once, and in test_dashboard.py)."""
-    contexts: list[Any] = []
+    contexts: list[BrowserContext] = []
 
-    def open_as(username: str, *, via_form: bool = False) -> Any:
+    def open_as(username: str, *, via_form: bool = False) -> Page:
         context = chromium.new_context(base_url=stack.url, viewport=VIEWPORT, locale="lv-LV",
                                        timezone_id="Europe/Riga")
         context.set_default_timeout(HANG_MS)
@@ -288,7 +291,7 @@ def open_browser(chromium: Any, stack: Stack) -> Iterator[Callable[..., Any]]:
         context.close()
 
 
-def log_in(page: Any, username: str) -> None:
+def log_in(page: Page, username: str) -> None:
     """Through the login form, as a person does."""
     page.goto("/login")
     page.fill("input[name=username]", username)

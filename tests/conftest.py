@@ -197,7 +197,19 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
 
 # -- a PostgreSQL server of the test's own, to stop and start --------------------------
 
-PG_BIN = Path(os.environ.get("ALARMCENTRE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _postgres_bin() -> Path:
+    """Where initdb and pg_ctl are: ALARMCENTRE_TEST_PG_BIN, else Debian's newest, else the PATH's."""
+    if os.environ.get("ALARMCENTRE_TEST_PG_BIN"):
+        return Path(os.environ["ALARMCENTRE_TEST_PG_BIN"])
+    debian = [path for path in Path("/usr/lib/postgresql").glob("*/bin") if path.parent.name.isdigit()]
+    if debian:
+        return max(debian, key=lambda path: int(path.parent.name))
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _postgres_bin()
 
 
 @dataclass

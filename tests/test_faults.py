@@ -6,6 +6,11 @@ project's simulator: each has its own connection, publishes QoS 1, keeps an even
 did not acknowledge and sends it again after reconnecting, as docs/protocol.md asks of devices.
 Each test compares what the devices published with the events, incidents, timeline entries and
 texts in the database.
+
+Related cases elsewhere: a SIGKILL of a lone ingest mid-burst from one publisher and a database
+that refuses connections (test_pipeline.py); a SIGKILL of a lone scheduler mid-escalation and two
+schedulers at once (test_dispatch_flow.py). The SIGKILL test here kills each process while all
+three run, devices send and escalations and an operator are at work.
 """
 
 from __future__ import annotations
@@ -74,16 +79,24 @@ def burst_plan(serials: list[str], per_device: int, seed: int) -> dict[str, list
 
 
 class Burst:
-    """Simulated devices sending a fixed plan, every device in order and all devices at once."""
+    """Simulated devices sending a fixed plan, every device in order and all devices at once.
 
-    def __init__(self, url: str, plan: dict[str, list[str]], *, rate: float) -> None:
+    With `hold_at`, each device sends its first `hold_at` events and then waits for `release()`:
+    the fault is injected in the middle of the burst however slow the machine, and the rest is
+    sent while the fault lasts and after it."""
+
+    def __init__(self, url: str, plan: dict[str, list[str]], *, rate: float, hold_at: int | None = None) -> None:
         self.plan = plan
         self.total = sum(len(kinds) for kinds in plan.values())
+        self.hold_at = hold_at
         # No events of their own (heartbeats, battery): only the plan, so the expectations are exact.
         # A publish not acknowledged within `timeout` is kept and sent again.
         self.fleet = Fleet(url, list(plan), heartbeat_interval=None, battery_drain=0, rate_limit=rate, timeout=5.0)
         self.sent: list[tuple[str, int, str]] = []  # (serial, seq, type) of every event a device made
         self._future: Future[None] | None = None
+        self._gate = asyncio.Event()  # bound to the fleet's loop when first awaited there
+        if hold_at is None:
+            self._gate.set()
 
     def connect(self) -> None:
         self.fleet.start_in_thread()
@@ -96,12 +109,18 @@ class Burst:
         assert self.fleet._loop is not None
         self._future = asyncio.run_coroutine_threadsafe(self._run(), self.fleet._loop)
 
+    def release(self) -> None:
+        assert self.fleet._loop is not None
+        self.fleet._loop.call_soon_threadsafe(self._gate.set)
+
     async def _run(self) -> None:
         await asyncio.gather(*(self._device(serial, kinds) for serial, kinds in self.plan.items()))
 
     async def _device(self, serial: str, kinds: list[str]) -> None:
         device = self.fleet.devices[serial]
-        for kind in kinds:
+        for position, kind in enumerate(kinds):
+            if position == self.hold_at:
+                await self._gate.wait()
             seq = device.seq + 1
             await device.send_event(kind)  # back on PUBACK, or kept in the device's outbox for later
             assert device.seq == seq, "only the plan makes events"
@@ -116,6 +135,8 @@ class Burst:
         self._future.result(timeout)
 
     def stop(self) -> Stats:
+        if self._future is not None:
+            self.release()  # nothing left waiting at the gate when the fleet stops
         return self.fleet.stop()
 
 
@@ -215,7 +236,7 @@ def test_broker_restart_mid_burst_loses_nothing_and_duplicates_nothing(
     metrics_port = free_port()
     ingest = CentreProcess("ingest", centre_env(postgres_url, mosquitto.url, tmp_path, metrics_port=metrics_port),
                            tmp_path / "ingest.log").start()
-    burst = Burst(mosquitto.url, plan, rate=300)  # ~17 s of sending: the restart falls well inside it
+    burst = Burst(mosquitto.url, plan, rate=300, hold_at=4)  # ~17 s of sending, the restart inside it
     started = time.monotonic()
     try:
         wait_until(lambda: ingest_subscribed(ingest.log), timeout=30, step=0.1)
@@ -226,6 +247,7 @@ def test_broker_restart_mid_burst_loses_nothing_and_duplicates_nothing(
         made_at_stop = burst.made
         down = time.monotonic()
         mosquitto.stop()  # SIGTERM: Mosquitto saves its state (persistence on) and goes
+        burst.release()  # the devices go on: into their outboxes while the broker is away
         stored_at_stop = count(postgres_db, DeviceEvent)
         time.sleep(1.0)
         mosquitto.start()
@@ -262,7 +284,7 @@ def test_database_down_for_20_s_mid_burst_loses_nothing_and_duplicates_nothing(
     metrics_port = free_port()
     ingest = CentreProcess("ingest", centre_env(url, mosquitto.url, tmp_path, metrics_port=metrics_port),
                            tmp_path / "ingest.log").start()
-    burst = Burst(mosquitto.url, plan, rate=30)  # ~20 s of sending: most of it while the database is down
+    burst = Burst(mosquitto.url, plan, rate=30, hold_at=2)  # ~20 s of sending, most while the database is down
     started = time.monotonic()
     try:
         wait_until(lambda: ingest_subscribed(ingest.log), timeout=30, step=0.1)
@@ -274,6 +296,7 @@ def test_database_down_for_20_s_mid_burst_loses_nothing_and_duplicates_nothing(
         stored_at_stop = count(db, DeviceEvent)
         down = time.monotonic()
         private_postgres.stop("fast")
+        burst.release()
         try:
             wait_until(lambda: "cannot commit" in ingest.log_tail(20_000), timeout=20, step=0.1)
             time.sleep(max(0.0, 20.0 - (time.monotonic() - down)))
@@ -461,9 +484,12 @@ def assert_supervisor_alerts_once(db: Database) -> int:
         pending = chain.count(None)
         assert (pending == 1) if status == IncidentStatus.OPEN else (pending <= 1), (i, chain)
         assert texts[i] == len(fired), f"incident {i}: one text to the supervisor per alert"
+        # A timer fired twice would show as two alerts at about the same time. The gaps are not exact: the
+        # next timer is due `repeat` after the start of the sweep's batch, the entry is stamped when written.
         times = [opened, *fired]
         gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
-        assert all(gap >= ACK_ALERT_REPEAT_S - 0.5 for gap in gaps[1:]) and (not gaps or gaps[0] >= 4.5), (i, gaps)
+        assert all(gap >= ACK_ALERT_REPEAT_S / 2 for gap in gaps[1:]), (i, gaps)
+        assert not gaps or gaps[0] >= ACK_ALERT_AFTER_S - 0.5, (i, gaps)
     assert set(alerts) <= set(timers)
     return sum(map(len, alerts.values()))
 
@@ -497,7 +523,7 @@ def test_sigkill_of_a_process_mid_burst_and_mid_escalation_loses_and_repeats_not
     processes = {name: CentreProcess(name, env, tmp_path / f"{name}.log").start()
                  for name in ("ingest", "scheduler", "api")}
     base_url = f"http://127.0.0.1:{api_port}"
-    burst = Burst(mosquitto.url, plan, rate=40)  # ~10 s of sending, so every kill falls inside it
+    burst = Burst(mosquitto.url, plan, rate=40, hold_at=5)  # ~10 s of sending, the kill inside it
     operator = Operator(base_url, OPERATOR_ACTS)
 
     def staged_fired() -> int:
@@ -521,6 +547,7 @@ def test_sigkill_of_a_process_mid_burst_and_mid_escalation_loses_and_repeats_not
                    "handled": len(operator.handled)}
         processes[victim].kill()
         down = time.monotonic()
+        burst.release()
         time.sleep(3.0 if victim == "scheduler" else 1.0)  # the scheduler: timers come due while it is away
         processes[victim].start()
         if victim == "api":

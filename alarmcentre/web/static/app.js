@@ -199,7 +199,7 @@
     body.classList.toggle("stale", !state.connected || !state.database);
     body.classList.toggle("system-fault", !state.canary);
     if (liveState) {
-      liveState.textContent = state.connected && state.database ? "● LIVE" : "● OFFLINE";
+      liveState.textContent = state.connected && state.database ? liveState.dataset.textLive : liveState.dataset.textOffline;
       liveState.classList.toggle("ok", state.connected && state.database);
     }
   }

@@ -61,3 +61,51 @@ def test_embedded_broker_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         result = cli("up", "--data-dir", str(tmp_path / "data"), "--broker-port", str(port), "--port", "0")
     assert result.returncode != 0
     assert str(port) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_device_provisioned_for_the_embedded_broker_logs_in_and_is_heard(tmp_path: Path) -> None:
+    import json
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    import paho.mqtt.client as mqtt
+
+    from alarmcentre.config import Settings
+    from alarmcentre.devices.models import Device, DeviceEvent
+    from alarmcentre.runtime import Centre
+    from tests.conftest import free_port
+
+    data = tmp_path / "data"
+    made = cli("devices", "provision", "PROV-1", "--embedded", "--data-dir", str(data),
+               "--password-file", str(tmp_path / "passwords"), "--acl-file", str(tmp_path / "acl"))
+    assert made.returncode == 0, made.stderr
+    password = re.search(r"^password: (\S+)$", made.stdout, re.M)
+    assert password is not None
+    centre = Centre(Settings(data_dir=data, broker="mosquitto", broker_port=free_port(), mqtt_url=None,
+                             metrics_port=0)).start()
+    try:
+        assert centre.db is not None and centre.consumer.wait_connected(15)
+        device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="PROV-1")
+        device.username_pw_set("PROV-1", password.group(1))
+        device.connect("127.0.0.1", centre.broker.port)
+        device.loop_start()
+        try:
+            payload = json.dumps({"seq": 1, "ts": datetime.now(UTC).isoformat(), "type": "heartbeat"})
+            info = device.publish("alarmcentre/v1/devices/PROV-1/events", payload, qos=1)
+            info.wait_for_publish(timeout=10)
+            assert info.is_published(), "the embedded broker did not take the provisioned device's message"
+        finally:
+            device.loop_stop()
+            device.disconnect()
+        deadline = time.monotonic() + 10
+        while True:
+            with centre.db.sessions() as session:
+                heard = session.scalar(select(DeviceEvent).join(Device, Device.id == DeviceEvent.device_id)
+                                       .where(Device.serial == "PROV-1"))
+            if heard is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert heard is not None, "the provisioned device's heartbeat never reached the database"
+    finally:
+        centre.stop()

@@ -469,3 +469,20 @@ def test_work_orders_through_the_api(any_db: Database) -> None:
     saved = http.put("/api/v1/devices/WO-1/config", json={"config": {"volume": 2}}, headers=tech).json()
     assert (saved["state"], saved["published"], saved["desired_version"]) == ("pending", False, 1)
     assert http.put("/api/v1/devices/WO-1/config", json={"config": {}}, headers=op).status_code == 403
+
+
+def test_an_applied_heartbeat_interval_changes_the_supervision_window(any_db: Database) -> None:
+    Clock(T0)
+    _, device_id = installed(any_db)
+    with transaction(any_db.sessions) as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        before = device.heartbeat_interval_s
+        devices.set_desired_config(session, device=device, config={"heartbeat_interval": 600}, actor="user:t")
+    with any_db.sessions() as session:  # saved, not applied: the device still heartbeats as before
+        device = session.get(Device, device_id)
+        assert device is not None and device.heartbeat_interval_s == before
+    feed(any_db, "C1", 1, "config_applied", version=1)
+    with any_db.sessions() as session:
+        device = session.get(Device, device_id)
+        assert device is not None and device.heartbeat_interval_s == 600

@@ -21,7 +21,14 @@ from alarmcentre.canary import is_canary, record_beat
 from alarmcentre.clients.models import Client
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.deadletters.models import MAX_STORED_PAYLOAD, DeadLetter
-from alarmcentre.devices.models import BatteryReading, Device, DeviceEvent, DeviceStatus, SignalReading
+from alarmcentre.devices.models import (
+    BatteryReading,
+    Device,
+    DeviceConfigVersion,
+    DeviceEvent,
+    DeviceStatus,
+    SignalReading,
+)
 from alarmcentre.dispatch import escalation
 from alarmcentre.incidents import service as incidents
 from alarmcentre.ingest.protocol import (
@@ -204,6 +211,11 @@ def _update_device_state(
                 device.config_error = None
                 if device.config_failed_version is not None and version >= device.config_failed_version:
                     device.config_failed_version = None
+                # The device now heartbeats at the applied interval: supervise it by that one.
+                applied = session.scalar(select(DeviceConfigVersion.config).where(
+                    DeviceConfigVersion.device_id == device.id, DeviceConfigVersion.version == version))
+                if applied and applied.get("heartbeat_interval"):
+                    device.heartbeat_interval_s = int(applied["heartbeat_interval"])
         case EventType.CONFIG_FAILED:
             device.config_error = f"version {event.version}: {event.reason}"[:500]  # type: ignore[attr-defined]
             device.config_failed_version = event.version  # type: ignore[attr-defined]

@@ -192,7 +192,9 @@ def _seed(sessions: sessionmaker[Session], settings: Settings) -> tuple[list[str
 def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, mqtt_url=None,
                         broker_port=free_port(), api_port=free_port(), metrics_port=0,
-                        admin_user=None, admin_password=None)
+                        admin_user=None, admin_password=None,
+                        # The canary beats fast so that a stalled pipeline shows within seconds.
+                        canary_interval_s=1, canary_bound_s=3)
     # Seeded before the centre runs: on SQLite a transaction that reads, then writes, fails at once
     # when another process part committed in between (the scheduler's first jobs at start-up).
     database = Database.open(settings)
@@ -211,8 +213,10 @@ def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
         fleet.start_in_thread()
         assert fleet.wait_connected(15), "the simulated devices did not connect"
         # Our own server rather than the centre's: it can stop and start again on the same port.
-        server = LiveServer(lambda: create_app(settings=settings, session_factory=sessions, health_checks=centre.health,
-                                               config_publisher=centre.publisher), settings.api_port)
+        # centre.settings: with the embedded broker's canary login, so the canary is watched here too.
+        server = LiveServer(lambda: create_app(settings=centre.settings, session_factory=sessions,
+                                               health_checks=centre.health, config_publisher=centre.publisher),
+                            settings.api_port)
         server.start()
         assert wait_for_port(settings.api_port)
         return Stack(centre, server, fleet, serials, staff)

@@ -275,6 +275,36 @@ def test_after_a_server_restart_the_page_resynchronises_by_itself(
     expect(rows(page)).to_have_count(3, timeout=LIVE_MS)
 
 
+def test_a_stalled_pipeline_puts_a_system_fault_on_every_screen_until_it_recovers(
+        stack: Stack, open_browser: Browse) -> None:
+    from alarmcentre.ingest.consumer import IngestConsumer
+
+    page = open_browser("operator")
+    connected(page)
+    mark(page)
+    banner = page.get_by_test_id("conn-banner")
+    page.wait_for_function("window.alarmcentreState.canaryDetail === 'ok'", timeout=15_000)
+    expect(banner).to_be_hidden()
+
+    stalled = time.monotonic()
+    stack.centre.consumer.stop()  # the ingest stops: test alarms wait in the broker
+    expect(banner).to_contain_text("SISTĒMAS KĻŪME", timeout=15_000)
+    report("ingest stopped to system-fault banner", time.monotonic() - stalled)
+    centre = stack.centre
+    assert centre.db is not None and centre.mqtt_url is not None
+    consumer = IngestConsumer(mqtt_url=centre.mqtt_url, session_factory=centre.db.sessions,
+                              client_id=centre.settings.mqtt_client_id, batch_max=centre.settings.ingest_batch_max,
+                              settings=centre.settings)
+    consumer.start()
+    try:
+        recovering = time.monotonic()
+        expect(banner).to_be_hidden(timeout=20_000)
+        report("ingest back to banner cleared", time.monotonic() - recovering)
+        assert_not_reloaded(page)
+    finally:
+        consumer.stop()
+
+
 # -- 4. who may see the door codes ----------------------------------------------------------------
 
 

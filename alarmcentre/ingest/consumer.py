@@ -155,6 +155,7 @@ class IngestConsumer:
             metrics.INGEST_RUNNING.dec()
 
     def wait_connected(self, timeout: float) -> bool:
+        """Connected and subscribed: from now on the broker keeps every device message for us."""
         return self._connected.wait(timeout)
 
     @property
@@ -191,13 +192,15 @@ class IngestConsumer:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
         self._generation += 1
-        self._connected.set()
         metrics.BROKER_CONNECTED.set(1)
         log.info("ingest: connected to %s (session present: %s)", self.endpoint.safe(), flags.session_present)
         if not flags.session_present:
-            # A new session: subscribe. An existing one keeps its subscriptions, and
-            # re-subscribing would replay every device's retained status for nothing.
+            # A new session: subscribe, and count as connected only once the broker confirms it
+            # (a message published before that would not be kept for us). An existing session keeps
+            # its subscriptions, and re-subscribing would replay every device's retained status.
             client.subscribe([(EVENTS_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
+        else:
+            self._connected.set()
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
                       reason_codes: list[object], _properties: object) -> None:
@@ -206,6 +209,7 @@ class IngestConsumer:
             log.error("ingest: the broker refused the subscription to device topics: %s", failed)
         else:
             log.info("ingest: subscribed to device events and statuses")
+            self._connected.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                        reason_code: object, _properties: object) -> None:

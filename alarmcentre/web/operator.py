@@ -248,12 +248,17 @@ def _act(request: Request, session: Session, user: User, incident_id: int,
         with _refusals(session):
             do(incident)
     except ActionRefused as refused:
-        session.expire_all()
-        fresh = _load(session, incident_id)
-        context = _incident_context(request, session, fresh, user)
-        context["error"] = translate(request, "Not done: %(reason)s", reason=str(refused))
-        return render(request, "incident.html", context, status_code=refused.status_code)
+        return _refused_page(request, session, user, incident_id, refused)
     return RedirectResponse(f"/ui/incidents/{incident_id}", status_code=303)
+
+
+def _refused_page(request: Request, session: Session, user: User, incident_id: int,
+                  refused: ActionRefused) -> Response:
+    """The incident as it is now (the refused action rolled back), with the reason."""
+    session.expire_all()
+    context = _incident_context(request, session, _load(session, incident_id), user)
+    context["error"] = translate(request, "Not done: %(reason)s", reason=str(refused))
+    return render(request, "incident.html", context, status_code=refused.status_code)
 
 
 Csrf = Depends(check_csrf)
@@ -353,9 +358,7 @@ def reveal(request: Request, session: SessionDep, user: Operator, incident_id: i
         with _refusals(session):
             revealed = access.reveal(session, cipher, incident=incident, user=user)
     except ActionRefused as refused:
-        context = _incident_context(request, session, _load(session, incident_id), user)
-        context["error"] = translate(request, "Not done: %(reason)s", reason=str(refused))
-        return render(request, "incident.html", context, status_code=refused.status_code)
+        return _refused_page(request, session, user, incident_id, refused)
     session.flush()
     session.expire_all()
     context = _incident_context(request, session, _load(session, incident_id), user)

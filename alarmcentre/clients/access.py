@@ -111,6 +111,13 @@ def set_access_info(session: Session, cipher: Fernet, *, client: Client, text: s
         row.ciphertext, row.updated_at, row.updated_by = token, clock.now(), user.id
 
 
+def may_reveal(incident: Incident, user: User) -> bool:
+    """The rule, for showing the button; `reveal` applies it and says which part failed."""
+    return (user.role in REVEALING_ROLES and incident.status == IncidentStatus.ACKNOWLEDGED
+            and incident.owner_id == user.id and incident.kind != IncidentKind.DEVICE_SILENT
+            and incident.client_id is not None)
+
+
 def reveal(session: Session, cipher: Fernet, *, incident: Incident, user: User) -> str:
     """Decrypt for the owner of this open alarm incident, and audit it (reveal row + timeline entry)."""
     if user.role not in REVEALING_ROLES:

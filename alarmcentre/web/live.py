@@ -67,7 +67,6 @@ class LiveFeed:
         self._sms_mark: tuple[Any, ...] | None = None
         self._task_mark: tuple[Any, ...] | None = None
         self.database_ok = True
-        self.polls = 0
         self.version = 0  # counts published changes: what a shared rendering was made from
 
     @property
@@ -79,13 +78,15 @@ class LiveFeed:
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=SUBSCRIBER_BACKLOG)
         self._subscribers.add(queue)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="live-feed")
+        self._ensure_running()
         return queue
 
     def start(self) -> None:
         """Keep polling with nobody connected (the API server does): the canary is watched always."""
         self._permanent = True
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="live-feed")
 
@@ -98,10 +99,6 @@ class LiveFeed:
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(queue)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
 
     def publish(self, event: dict[str, Any]) -> None:
         self.version += 1
@@ -148,7 +145,6 @@ class LiveFeed:
 
     def poll(self) -> Change:
         """What changed since the last poll (blocking; run in a thread)."""
-        self.polls += 1
         change = Change()
         with self._factory() as session:
             low = max(self._newest - LOOKBACK_IDS, 0)

@@ -190,17 +190,12 @@ def _incident_context(request: Request, session: Session, incident: Incident, us
         "last_visits": last_visits, "next_visit": next_visit, "staff": staff, "colleagues": colleagues,
         "timeline": list(reversed(incident.timeline)), "steps": incident.steps,
         "has_access": client is not None and access.has_access_info(session, client_id=client.id),
-        "can_reveal": _reveal_allowed(incident, user),
+        "can_reveal": access.may_reveal(incident, user),
         "mine": incident.owner_id == user.id,
         "can_reopen": reopen_until is not None and clock.now() <= reopen_until,
         "outcomes": list(actions.Outcome), "client_said": list(actions.ClientSaid),
         "technical": incident.kind not in ALARM_KINDS,
     }
-
-
-def _reveal_allowed(incident: Incident, user: User) -> bool:
-    return (user.role in access.REVEALING_ROLES and incident.status == IncidentStatus.ACKNOWLEDGED
-            and incident.owner_id == user.id and incident.client_id is not None)
 
 
 @router.get("/ui/incidents/{incident_id}")

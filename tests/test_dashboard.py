@@ -13,6 +13,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from alarmcentre.app import create_app
 from alarmcentre.clients.access import AccessReveal, ClientAccess
@@ -373,29 +374,33 @@ def test_a_browser_too_far_behind_is_told_to_resync(sqlite_db: Database) -> None
     assert len(events) <= 50
 
 
-def test_the_feed_says_when_the_database_is_down_and_back(tmp_path: Path) -> None:
-    from alarmcentre.db import make_engine, make_sessionmaker
-    from alarmcentre.migrate import upgrade
+def test_the_feed_says_when_the_database_is_down_and_back(sqlite_db: Database) -> None:
+    import threading
 
-    path = tmp_path / "feed.sqlite3"
-    engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
+    from sqlalchemy.exc import OperationalError
+
+    down = threading.Event()
+
+    def sessions() -> Session:
+        # The database refuses connections while "down", as a stopped server does.
+        if down.is_set():
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("database unreachable"))
+        return sqlite_db.sessions()
 
     async def scenario() -> list[str]:
-        feed = LiveFeed(make_sessionmaker(engine), poll_s=0.02)
+        feed = LiveFeed(sessions, poll_s=0.02)  # type: ignore[arg-type]
         queue = feed.subscribe()
-        await asyncio.sleep(0.1)
-        engine.dispose()
-        path.rename(tmp_path / "away.sqlite3")  # the database "goes away": the tables are missing
+
         async def next_system_state() -> str:
             while True:  # generous: a loaded machine polls late, and only system events matter here
                 event = await asyncio.wait_for(queue.get(), 20)
                 if event["type"] == "system":
                     return str(event["database"])
 
+        await asyncio.sleep(0.1)
+        down.set()
         seen = [await next_system_state()]
-        (tmp_path / "away.sqlite3").rename(path)
-        engine.dispose()
+        down.clear()
         seen.append(await next_system_state())
         await feed.stop()
         return seen

@@ -20,10 +20,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import time_machine
 
 from alarmcentre import clock
 from alarmcentre.db import make_engine, make_sessionmaker
@@ -79,6 +81,42 @@ def wait_for_port(port: int, timeout: float = 10.0) -> bool:
 def _system_clock() -> Iterator[None]:
     yield
     clock.set_clock(None)
+
+
+# -- the day the tests run on ----------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock-at", metavar="TIME",
+        help="run with this process's system clock moved to TIME (ISO 8601 with a zone; it then ticks on), "
+             "so that a test depending on the day it runs fails today rather than later. Processes the tests "
+             "start keep the true clock: tests marked needs_true_clock are left out.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_true_clock: runs alarmcentre processes beside the test, whose clocks --clock-at cannot move")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--clock-at"):
+        keep = [item for item in items if item.get_closest_marker("needs_true_clock") is None]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _moved_system_clock(request: pytest.FixtureRequest) -> Iterator[None]:
+    at = request.config.getoption("--clock-at")
+    if not at:
+        yield
+        return
+    moment = datetime.fromisoformat(at)
+    if moment.tzinfo is None:
+        raise pytest.UsageError("--clock-at needs a time zone, e.g. 2028-03-26T00:55:00+00:00")
+    with time_machine.travel(moment, tick=True):
+        yield
 
 
 # -- databases ---------------------------------------------------------------------------

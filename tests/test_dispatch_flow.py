@@ -18,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from alarmcentre import clock
 from alarmcentre.app import create_app
 from alarmcentre.config import Settings
 from alarmcentre.contacts.models import Contact, ContactKind
@@ -55,7 +54,7 @@ class Centre:
     settings: Settings
     http: TestClient
     sender: SmsSender
-    clock: Clock
+    clock: Clock | None  # None: the real clock
     client_id: int
     tokens: dict[str, str]
 
@@ -73,6 +72,7 @@ class Centre:
 
     def tick(self, seconds: float) -> None:
         """Time passes; the scheduler's jobs run."""
+        assert self.clock is not None, "tick() needs the controlled clock"
         self.clock.advance(seconds)
         sweep(self.db.sessions, settings=self.settings)
         self.sender.send_due()
@@ -90,8 +90,11 @@ class Centre:
             return list(session.scalars(query))
 
 
-def build_centre(db: Database) -> Centre:
-    fake = Clock(T0)
+def build_centre(db: Database, *, start: datetime | None = T0) -> Centre:
+    """A centre on one clock for the whole test: the controlled clock from `start`, or with
+    start=None the real clock (tests with threads or a scheduler process beside them). Never both:
+    a token issued at T0 is judged by the real clock as expired."""
+    fake = Clock(start) if start is not None else None
     settings = Settings(ack_alert_after_s=60, ack_alert_repeat_s=120, sms_min_interval_s=0)
     with transaction(db.sessions) as s:
         client = make_client(s, care_level=2, name="Anna Bērziņa")
@@ -296,8 +299,7 @@ def test_plan_validation(centre: Centre) -> None:
 
 
 def test_two_operators_acknowledging_at_once_one_wins(postgres_db: Database) -> None:
-    centre = build_centre(postgres_db)
-    clock.set_clock(None)
+    centre = build_centre(postgres_db, start=None)
     results: list[int] = []
     for round_ in range(5):
         incident_id = press(centre, seq=round_ + 1)
@@ -331,8 +333,7 @@ def _scheduler(database_url: str, log: Path) -> subprocess.Popen[bytes]:
 
 def _stage_escalations(db: Database, count: int, first_due: datetime, spread_s: float) -> None:
     """`count` incidents, each with step 1 waiting and its timeout due between first_due and +spread."""
-    build_centre(db)
-    clock.set_clock(None)
+    build_centre(db, start=None)
     with transaction(db.sessions) as session:
         stage_escalations(session, count, first_due, spread_s)
 

@@ -115,10 +115,12 @@ def _demo_client(
     return client
 
 
-def start_demo_fleet(url: str, serials: list[str], *, press_rate: float) -> Any:
-    """Simulated devices for the demo, in a background thread; returns an object with stop()."""
+def start_demo_fleet(address: str, passwords: dict[str, str], serials: list[str], *, press_rate: float) -> Any:
+    """Simulated devices for the demo, in a background thread, each logged in as its serial with its
+    own password; returns an object with stop()."""
+    from alarmcentre_sim.connection import BrokerAddress
     from alarmcentre_sim.fleet import Fleet
 
-    fleet = Fleet(url, serials, press_rate=press_rate)
+    fleet = Fleet(BrokerAddress.from_url(address, passwords=passwords), serials, press_rate=press_rate)
     fleet.start_in_thread()
     return fleet

@@ -95,12 +95,22 @@ def database_check(factory: sessionmaker[Session]) -> HealthCheck:
     return check
 
 
+SESSION_LOST_UNREADY_S = 600.0  # how long /readyz names a lost broker session
+
+
 def ingest_checks(consumer: IngestConsumer, *, max_lag_s: float) -> dict[str, HealthCheck]:
-    """"broker": the ingest holds its broker connection; "ingest": it commits, and nothing it
-    received has waited longer than `max_lag_s` uncommitted."""
+    """"broker": the ingest holds its broker connection, and has not come back to a lost session
+    in the last SESSION_LOST_UNREADY_S; "ingest": it commits, and nothing it received has waited
+    longer than `max_lag_s` uncommitted."""
 
     def broker() -> str | None:
-        return None if consumer.connected else "ingest not connected to the broker"
+        if not consumer.connected:
+            return "ingest not connected to the broker"
+        lost = consumer.session_lost_at
+        if lost is not None and time.monotonic() - lost < SESSION_LOST_UNREADY_S:
+            return (f"the broker had lost the ingest's persistent session {time.monotonic() - lost:.0f} s ago: "
+                    "messages queued while the ingest was away may be lost")
+        return None
 
     def ingest() -> str | None:
         if not consumer.worker_alive:

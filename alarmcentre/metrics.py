@@ -34,6 +34,9 @@ INGEST_RUNNING = Gauge(
 )
 BROKER_CONNECTED = Gauge("alarmcentre_broker_connected", "1 while the ingest is connected to the broker")
 BROKER_DISCONNECTS = Counter("alarmcentre_broker_disconnects_total", "Lost broker connections")
+INGEST_SESSIONS_LOST = Counter(
+    "alarmcentre_ingest_sessions_lost_total",
+    "Reconnects where the broker no longer had the ingest's persistent session (what it queued may be lost)")
 DATABASE_UP = Gauge("alarmcentre_ingest_database_up", "0 while the ingest cannot commit to the database")
 DATABASE_ERRORS = Counter("alarmcentre_ingest_database_errors_total", "Failed batch commits (retried)")
 OPEN_INCIDENTS = Gauge("alarmcentre_open_incidents", "Incidents not yet resolved", ["status"])

@@ -15,6 +15,7 @@ from alarmcentre.devices.models import (
 )
 from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage, Timer
 from alarmcentre.incidents.models import Incident, TimelineEntry
+from alarmcentre.ingest.sessions import IngestSession
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.tasks.models import OperatorTask
 from alarmcentre.users.models import ApiToken, IntegrationKey, User
@@ -23,7 +24,7 @@ from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
     "AccessReveal", "ApiToken", "BatteryReading", "CanaryBeat", "Client", "ClientAccess", "Contact", "DeadLetter",
-    "Device", "DeviceAssignment",
+    "Device", "DeviceAssignment", "IngestSession",
     "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep", "IntegrationKey",
     "Municipality", "OperatorTask", "PlanStep", "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry",
     "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",

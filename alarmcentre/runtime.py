@@ -23,7 +23,6 @@ from alarmcentre.users import service as users
 log = logging.getLogger("alarmcentre")
 
 CENTRE_MQTT_USER = "alarmcentre"
-DEMO_DEVICE_MQTT_USER = "device"  # the embedded broker's shared login for simulated devices
 
 
 def configure_logging(settings: Settings) -> None:
@@ -73,16 +72,22 @@ class Database:
 
 @dataclass
 class BrokerCredentials:
-    """Passwords of the embedded broker's users, kept in the data directory across restarts."""
+    """Passwords of the embedded broker's users, kept in the data directory across restarts: the
+    centre's login and one per device (username = serial; the simulator reads the same file with
+    `--credentials`)."""
 
     passwords: dict[str, str] = field(default_factory=dict)
 
+    @staticmethod
+    def path(data_dir: Path) -> Path:
+        return data_dir / "broker" / "credentials.json"
+
     @classmethod
     def load_or_create(cls, data_dir: Path, *, also: tuple[str, ...] = ()) -> BrokerCredentials:
-        """`also`: more users (the canary device) added to an existing file when missing."""
-        path = data_dir / "broker" / "credentials.json"
+        """`also`: device logins (the canary, simulated devices) added to an existing file when missing."""
+        path = cls.path(data_dir)
         passwords = json.loads(path.read_text()) if path.exists() else {}
-        wanted = (CENTRE_MQTT_USER, DEMO_DEVICE_MQTT_USER, *also)
+        wanted = (CENTRE_MQTT_USER, *also)
         if any(user not in passwords for user in wanted):
             for user in wanted:
                 passwords.setdefault(user, secrets.token_urlsafe(18))
@@ -93,6 +98,10 @@ class BrokerCredentials:
 
     def url(self, user: str, host: str, port: int) -> str:
         return f"mqtt://{quote(user)}:{quote(self.passwords[user])}@{host}:{port}"
+
+    def devices(self) -> dict[str, str]:
+        """Every device login: serial -> password."""
+        return {user: pw for user, pw in self.passwords.items() if user != CENTRE_MQTT_USER}
 
 
 def start_metrics_server(settings: Settings, checks: HealthChecks) -> None:
@@ -109,11 +118,17 @@ class Centre:
     """Every part in one process (what `alarmcentre up` runs): broker unless external, ingest,
     scheduler, and the API app (served by the caller). start() and stop() are safe to call once each."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, device_logins: tuple[str, ...] = ()) -> None:
+        """`device_logins`: serials that get a broker login of their own on the embedded broker
+        (the demo's simulated devices)."""
         self.settings = settings
         self.db: Database | None = None
         self.mqtt_url: str | None = settings.mqtt_url
-        self.device_url: str | None = None  # login for simulated devices on the embedded broker
+        self.device_logins = device_logins
+        # On the embedded broker: where devices connect, and their passwords by serial. Each device
+        # logs in as its serial, and the broker binds its client id to that name.
+        self.device_address: str | None = None
+        self.device_passwords: dict[str, str] = {}
         self.broker: Any = None
         self.consumer: Any = None
         self.app: Any = None
@@ -134,14 +149,17 @@ class Centre:
         if not self.mqtt_url:
             from alarmcentre.broker import BrokerUser, start_embedded_broker
 
-            creds = BrokerCredentials.load_or_create(settings.data_dir, also=(settings.canary_serial,))
+            creds = BrokerCredentials.load_or_create(settings.data_dir,
+                                                     also=(settings.canary_serial, *self.device_logins))
             self.broker = start_embedded_broker(
                 kind=settings.broker, data_dir=(settings.data_dir / "broker").resolve(), port=settings.broker_port,
                 users=[BrokerUser(name, password) for name, password in creds.passwords.items()],
             )
             self._stack.append(("broker", self.broker.stop))
-            self.mqtt_url = creds.url(CENTRE_MQTT_USER, self.broker.host, self.broker.port)
-            self.device_url = creds.url(DEMO_DEVICE_MQTT_USER, self.broker.host, self.broker.port)
+            # The centre on its own listener, which no device login opens (docs/brokers.md).
+            self.mqtt_url = creds.url(CENTRE_MQTT_USER, self.broker.host, self.broker.centre_port)
+            self.device_address = f"mqtt://{self.broker.host}:{self.broker.port}"
+            self.device_passwords = creds.devices()
             if not settings.canary_mqtt_url:  # the canary device logs in like any device
                 canary_url = creds.url(settings.canary_serial, self.broker.host, self.broker.port)
                 self.settings = settings = settings.model_copy(update={"canary_mqtt_url": canary_url})
@@ -165,6 +183,12 @@ class Centre:
         self.app = create_app(settings=settings, session_factory=db.sessions, config_publisher=publisher,
                               health_checks=self.health)
         return self
+
+    def device_url(self, serial: str) -> str:
+        """The embedded broker's URL with one device's own login."""
+        assert self.broker is not None, "device logins exist on the embedded broker only"
+        password = self.device_passwords[serial]
+        return f"mqtt://{quote(serial)}:{quote(password)}@{self.broker.host}:{self.broker.port}"
 
     def on_stop(self, name: str, stop: Any) -> None:
         self._stack.append((name, stop))
@@ -194,26 +218,34 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
             serials = seed_demo(seeding.sessions, devices=demo_devices, access_cipher=load_cipher(settings))
         finally:
             seeding.engine.dispose()
-    centre = Centre(settings)
+    centre = Centre(settings, device_logins=tuple(serials) if not settings.mqtt_url else ())
     try:
         centre.start()
         assert centre.db is not None and centre.mqtt_url is not None
-        if demo:
-            from alarmcentre.demo import DEMO_USERS, start_demo_fleet
+        if demo and centre.device_address is None:
+            log.warning("the demo's simulated devices run only on the embedded broker; with ALARMCENTRE_MQTT_URL "
+                        "provision them (`alarmcentre devices provision`) and run alarmcentre-sim")
+        elif demo:
+            from alarmcentre.demo import start_demo_fleet
 
             if not centre.consumer.wait_connected(15):
                 log.error("the ingest did not connect to the broker within 15 s; the simulator starts anyway")
-            fleet = start_demo_fleet(centre.device_url or centre.mqtt_url, serials, press_rate=press_rate)
+            fleet = start_demo_fleet(centre.device_address, centre.device_passwords, serials, press_rate=press_rate)
             centre.on_stop("simulator", fleet.stop)
         base = f"http://{settings.api_host}:{settings.api_port}"
         lines = [f"alarmcentre {'demo ' if demo else ''}is starting",
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
                  f"  health:     {base}/healthz (alive), {base}/readyz (every part working)",
                  f"  database:   {settings.resolved_database_url()}"]
-        if centre.device_url:
-            lines.append(f"  devices connect to: {centre.device_url}")
-            lines.append(f"  simulator:  alarmcentre-sim run --url '{centre.device_url}' --prefix DEMO- --digits 4")
+        if centre.device_address:
+            creds = BrokerCredentials.path(settings.data_dir)
+            lines.append(f"  devices connect to: {centre.device_address}, each as its serial "
+                         f"(passwords in {creds})")
+            lines.append(f"  simulator:  alarmcentre-sim press DEMO-0001 --url {centre.device_address} "
+                         f"--credentials {creds}")
         if demo:
+            from alarmcentre.demo import DEMO_USERS
+
             lines.append("  demo logins: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))
         elif not (settings.admin_user and settings.admin_password):
             lines.append("  no admin configured: set ALARMCENTRE_ADMIN_USER and ALARMCENTRE_ADMIN_PASSWORD, "

@@ -88,9 +88,10 @@ max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 1000
 """
-# Lines of the shipped configuration replaced for a private loopback broker (ports, paths, auth).
+# Lines of the shipped configuration replaced for a private loopback broker (listeners, paths, auth:
+# one anonymous listener; the identity rules are tested in tests/test_broker_identity.py).
 BROKER_OVERRIDES = ("listener", "port", "persistence_location", "password_file", "acl_file", "log_dest",
-                    "allow_anonymous", "pid_file", "user")
+                    "allow_anonymous", "pid_file", "user", "per_listener_settings", "use_username_as_clientid")
 
 # Traffic mix, percent. Heartbeats dominate as on a real fleet; alarms are rare.
 TRAFFIC_MIX: tuple[tuple[str, float], ...] = (

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import uvicorn
+from alarmcentre_sim.connection import BrokerAddress
 from alarmcentre_sim.fleet import Fleet
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -202,14 +203,15 @@ def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
         serials, staff = _seed(database.sessions, settings)
     finally:
         database.engine.dispose()
-    centre = Centre(settings).start()
+    centre = Centre(settings, device_logins=tuple(serials)).start()
     fleet: Fleet | None = None
     try:
-        assert centre.db is not None and centre.device_url is not None
+        assert centre.db is not None and centre.device_address is not None
         assert centre.consumer.wait_connected(15), "the ingest did not connect to the embedded broker"
         sessions = centre.db.sessions
         # Simulated pendants, connected like the demo's (no heartbeats: a test is shorter than a window).
-        fleet = Fleet(centre.device_url, serials, heartbeat_interval=None)
+        fleet = Fleet(BrokerAddress.from_url(centre.device_address, passwords=centre.device_passwords), serials,
+                      heartbeat_interval=None)
         fleet.start_in_thread()
         assert fleet.wait_connected(15), "the simulated devices did not connect"
         # Our own server rather than the centre's: it can stop and start again on the same port.

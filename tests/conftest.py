@@ -167,9 +167,10 @@ def any_db(request: pytest.FixtureRequest) -> Database:
 
 # -- Mosquitto, with the repository's own configuration ----------------------------------
 
-# Lines of the shipped config that a test broker replaces (ports, paths, auth files).
+# Lines of the shipped config that a test broker replaces: its listeners and logins (one anonymous
+# listener instead; `sealed_mosquitto` keeps them), ports, paths.
 _TEST_OVERRIDES = ("listener", "port", "persistence_location", "password_file", "acl_file", "log_dest",
-                   "allow_anonymous", "pid_file", "user")
+                   "allow_anonymous", "pid_file", "user", "per_listener_settings", "use_username_as_clientid")
 
 
 @dataclass
@@ -230,6 +231,54 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker = MosquittoProcess(port, mosquitto_config(workdir, port), workdir)
     broker.start()
     yield broker
+    broker.stop()
+
+
+@dataclass
+class SealedMosquitto:
+    """The shipped configuration as it is (both listeners, logins, ACLs, bound client ids), on free
+    ports: `device_port` for devices, `centre_port` for the centre's login."""
+
+    process: MosquittoProcess
+    device_port: int
+    centre_port: int
+    centre_password: str
+    device_passwords: dict[str, str]
+
+    def centre_url(self) -> str:
+        return f"mqtt://alarmcentre:{self.centre_password}@127.0.0.1:{self.centre_port}"
+
+
+SEALED_DEVICES = ("SEAL-1", "SEAL-2", "HOSTILE-1")
+
+
+@pytest.fixture
+def sealed_mosquitto(tmp_path: Path) -> Iterator[SealedMosquitto]:
+    from alarmcentre.broker import BrokerUser
+    from alarmcentre.broker.mosquitto import write_password_file
+
+    if shutil.which("mosquitto") is None:
+        missing_service("no mosquitto binary on PATH (Debian: apt-get install mosquitto)")
+    workdir = tmp_path / "sealed-mosquitto"
+    workdir.mkdir()
+    device_port, centre_port = free_port(), free_port()
+    devices = {serial: f"pw-{serial.lower()}" for serial in SEALED_DEVICES}
+    write_password_file(workdir / "passwords", [BrokerUser(u, p) for u, p in devices.items()], mosquitto_passwd=None)
+    write_password_file(workdir / "centre-passwords", [BrokerUser("alarmcentre", "centre-pw")], mosquitto_passwd=None)
+    for name in ("acl", "centre-acl"):
+        shutil.copy(MOSQUITTO_CONF.parent / name, workdir / name)
+    text = MOSQUITTO_CONF.read_text()
+    ports = {"1883": device_port, "1884": centre_port}
+    text = re.sub(r"^listener (1883|1884)\s*$", lambda m: f"listener {ports[m[1]]} 127.0.0.1", text, flags=re.M)
+    assert text.count("127.0.0.1") == 2, "the shipped configuration no longer has listeners 1883 and 1884"
+    text = text.replace("/mosquitto/config/", f"{workdir}/").replace("/mosquitto/data/", f"{workdir}/")
+    text = re.sub(r"^log_dest .*$", "log_dest stderr", text, flags=re.M) + "\nuser root\n"
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(text)
+    broker = MosquittoProcess(device_port, conf, workdir)
+    broker.start()
+    assert wait_for_port(centre_port)
+    yield SealedMosquitto(broker, device_port, centre_port, "centre-pw", devices)
     broker.stop()
 
 

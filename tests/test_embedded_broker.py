@@ -1,4 +1,4 @@
-"""The embedded brokers: authentication, offline queue, topic permissions, port handling, stop."""
+"""The embedded brokers: authentication, bound client ids, offline queue, topic permissions, port handling, stop."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from alarmcentre.broker import (
     start_embedded_broker,
 )
 from alarmcentre.broker import mosquitto as mosquitto_mod
-from alarmcentre.broker.acl import Acl, embedded_acl_text, topic_matches
+from alarmcentre.broker.acl import Acl, centre_acl_text, device_acl_text, embedded_acl_text, topic_matches
 
 REPO = Path(__file__).resolve().parents[1]
 P = "alarmcentre/v1/devices"
-USERS = [BrokerUser("alarmcentre", "centre-pw"), BrokerUser("device", "device-pw"), BrokerUser("d1", "d1-pw")]
+USERS = [BrokerUser("alarmcentre", "centre-pw"), BrokerUser("d1", "d1-pw"), BrokerUser("d2", "d2-pw")]
 PASSWORDS = {u.username: u.password for u in USERS}
 
 MOSQUITTO = mosquitto_mod.find_mosquitto()
@@ -71,9 +71,12 @@ class Client:
     """A paho client that waits for CONNACK and collects what it receives."""
 
     def __init__(self, port: int, username: str | None, password: str | None = None, *,
-                 client_id: str = "", clean_session: bool = True) -> None:
+                 client_id: str | None = None, clean_session: bool = True) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.connack: mqtt.ReasonCode | None = None
+        self.disconnects = 0
+        # A device's client id is its username, as on real devices.
+        client_id = client_id if client_id is not None else (username or "")
         self._connected = threading.Event()
         self._subacks: dict[int, threading.Event] = {}
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
@@ -81,6 +84,7 @@ class Client:
             self.c.username_pw_set(username, password if password is not None else PASSWORDS.get(username))
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda c, u, m: self.messages.append(m)
+        self.c.on_disconnect = self._on_disconnect
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self._subacks.setdefault(mid, threading.Event()).set()
         self.c.connect("127.0.0.1", port, keepalive=30)
         self.c.loop_start()
@@ -90,6 +94,9 @@ class Client:
         if self.connack is None:
             self.connack = rc
         self._connected.set()
+
+    def _on_disconnect(self, c: mqtt.Client, u: object, flags: object, rc: mqtt.ReasonCode, p: object) -> None:
+        self.disconnects += 1
 
     @property
     def accepted(self) -> bool:
@@ -114,31 +121,61 @@ class Client:
 
 
 def test_authenticated_client_connects_and_others_are_refused(broker: EmbeddedBroker) -> None:
-    ok = Client(broker.port, "alarmcentre")
-    assert ok.accepted
-    ok.close()
-    for username, password in [("alarmcentre", "wrong"), ("nobody", "centre-pw"), (None, None)]:
-        c = Client(broker.port, username, password)
-        assert not c.accepted, f"{username!r} with {password!r} was let in"
+    for port, username in [(broker.centre_port, "alarmcentre"), (broker.port, "d1")]:
+        ok = Client(port, username)
+        assert ok.accepted, username
+        ok.close()
+    refused = [(broker.centre_port, "alarmcentre", "wrong"), (broker.centre_port, "nobody", "centre-pw"),
+               (broker.centre_port, None, None), (broker.port, "d1", "wrong"), (broker.port, None, None)]
+    if broker.centre_port != broker.port:  # Mosquitto: no device login opens the centre's listener
+        refused += [(broker.centre_port, "d1", "d1-pw"), (broker.port, "alarmcentre", "centre-pw")]
+    for port, username, password in refused:
+        c = Client(port, username, password, client_id="probe")
+        assert not c.accepted, f"{username!r} with {password!r} was let in on {port}"
         c.c.loop_stop()
 
 
+def test_a_device_cannot_take_the_centres_client_id(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> None:
+    """A device login connecting as the ingest must neither drop it nor discard its session."""
+    if broker.kind == "amqtt":
+        # Known and documented (docs/brokers.md): amqtt 0.12 discards a client id's session before
+        # it authenticates the newcomer, so refusing the connect comes too late. Strict: if amqtt
+        # ever stops doing so, this test says so.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="amqtt 0.12 discards the session before "
+                                              "authenticating the newcomer (demo-grade broker)"))
+    centre = Client(broker.centre_port, "alarmcentre", client_id="alarmcentre-ingest", clean_session=False)
+    centre.subscribe(f"{P}/+/events")
+    for _ in range(5):
+        hostile = Client(broker.port, "d2", client_id="alarmcentre-ingest", clean_session=True)
+        # Mosquitto lets it in under its own name (use_username_as_clientid); amqtt refuses it.
+        assert hostile.accepted == (broker.kind == "mosquitto")
+        hostile.close() if hostile.accepted else hostile.c.loop_stop()
+    d1 = Client(broker.port, "d1")
+    for i in range(10):
+        d1.publish(f"{P}/d1/events", f"alarm {i}")
+    d1.close()
+    assert centre.wait_for(10) == [f"alarm {i}" for i in range(10)]
+    assert centre.disconnects == 0, "the centre's connection was taken over"
+    centre.close()
+
+
 def test_persistent_session_gets_messages_published_while_offline(broker: EmbeddedBroker) -> None:
-    centre = Client(broker.port, "alarmcentre", client_id="test-ingest", clean_session=False)
+    centre = Client(broker.centre_port, "alarmcentre", client_id="test-ingest", clean_session=False)
     centre.subscribe(f"{P}/+/events")
     centre.close()
-    dev = Client(broker.port, "device")
-    for i in range(20):
-        dev.publish(f"{P}/d{i}/events", f"alarm {i}")
-    dev.close()
-    centre = Client(broker.port, "alarmcentre", client_id="test-ingest", clean_session=False)
+    for dev in ("d1", "d2"):
+        device = Client(broker.port, dev)
+        for i in range(10):
+            device.publish(f"{P}/{dev}/events", f"alarm {dev} {i}")
+        device.close()
+    centre = Client(broker.centre_port, "alarmcentre", client_id="test-ingest", clean_session=False)
     got = centre.wait_for(20)
     centre.close()
-    assert sorted(got) == sorted(f"alarm {i}" for i in range(20))
+    assert sorted(got) == sorted(f"alarm {dev} {i}" for dev in ("d1", "d2") for i in range(10))
 
 
 def test_topic_permissions(broker: EmbeddedBroker) -> None:
-    centre = Client(broker.port, "alarmcentre")
+    centre = Client(broker.centre_port, "alarmcentre")
     centre.subscribe("#")  # granted, but only readable topics are delivered
     d1 = Client(broker.port, "d1")
     d1.subscribe(f"{P}/+/config")
@@ -154,13 +191,13 @@ def test_topic_permissions(broker: EmbeddedBroker) -> None:
 
 
 def test_retained_configuration_reaches_only_its_device(broker: EmbeddedBroker) -> None:
-    centre = Client(broker.port, "alarmcentre")
-    d2 = Client(broker.port, "device", client_id="sim-d2", clean_session=False)
+    centre = Client(broker.centre_port, "alarmcentre")
+    d2 = Client(broker.port, "d2", clean_session=False)
     d2.subscribe(f"{P}/d2/config")  # another client's subscription: amqtt 0.12.1 used to leak through it
     for dev in ("d1", "d2"):
         centre.publish(f"{P}/{dev}/config", f"cfg-{dev}", retain=True)
     time.sleep(0.3)
-    d1 = Client(broker.port, "d1", client_id="d1")
+    d1 = Client(broker.port, "d1")
     d1.subscribe(f"{P}/d1/config")
     time.sleep(0.5)
     assert [(m.topic, m.payload.decode()) for m in d1.messages] == [(f"{P}/d1/config", "cfg-d1")]
@@ -221,17 +258,17 @@ def test_auto_falls_back_to_amqtt_with_a_warning(
 def test_mosquitto_keeps_queued_messages_across_a_restart(tmp_path: Path) -> None:
     need_mosquitto()
     b = start_embedded_broker(kind="mosquitto", data_dir=tmp_path, port=free_port(), users=USERS)
-    centre = Client(b.port, "alarmcentre", client_id="test-ingest", clean_session=False)
+    centre = Client(b.centre_port, "alarmcentre", client_id="test-ingest", clean_session=False)
     centre.subscribe(f"{P}/+/events")
     centre.close()
-    dev = Client(b.port, "device")
+    dev = Client(b.port, "d1")
     for i in range(5):
         dev.publish(f"{P}/d1/events", f"alarm {i}")
     dev.close()
     b.stop()  # SIGTERM: Mosquitto writes its persistence file
     b.start()
     try:
-        centre = Client(b.port, "alarmcentre", client_id="test-ingest", clean_session=False)
+        centre = Client(b.centre_port, "alarmcentre", client_id="test-ingest", clean_session=False)
         assert centre.wait_for(5) == [f"alarm {i}" for i in range(5)]
         centre.close()
     finally:
@@ -247,9 +284,11 @@ def test_mosquitto_accepts_the_password_file_written_without_mosquitto_passwd(
                         lambda name, **kw: None if name == "mosquitto_passwd" else real_which(name, **kw))
     b = start_embedded_broker(kind="mosquitto", data_dir=tmp_path, port=free_port(), users=USERS)
     try:
-        assert (tmp_path / "mosquitto" / "passwords").read_text().count(":$7$101$") == len(USERS)
-        assert Client(b.port, "device").accepted
-        assert not Client(b.port, "device", "wrong").accepted
+        files = [tmp_path / "mosquitto" / name for name in ("passwords", "centre-passwords")]
+        assert sum(f.read_text().count(":$7$101$") for f in files) == len(USERS)
+        assert Client(b.port, "d1").accepted
+        assert not Client(b.port, "d1", "wrong").accepted
+        assert Client(b.centre_port, "alarmcentre").accepted
     finally:
         b.stop()
 
@@ -286,7 +325,8 @@ def test_mosquitto_dies_with_its_parent(tmp_path: Path) -> None:
 
 def _settings(text: str) -> dict[str, str]:
     keys = ("persistence", "autosave_interval", "autosave_on_changes", "max_queued_messages",
-            "max_queued_bytes", "max_inflight_messages", "allow_anonymous")
+            "max_queued_bytes", "max_inflight_messages", "allow_anonymous", "per_listener_settings",
+            "use_username_as_clientid")
     found = re.findall(r"^(\w+)\s+(\S+)\s*$", text, flags=re.M)
     return {k: v for k, v in found if k in keys}
 
@@ -296,6 +336,7 @@ def test_embedded_mosquitto_uses_the_production_queue_settings() -> None:
     embedded = _settings((REPO / "alarmcentre/broker/mosquitto-embedded.conf").read_text())
     assert embedded == production
     assert production["max_queued_messages"] == "1000000" and production["allow_anonymous"] == "false"
+    assert production["use_username_as_clientid"] == "true" and production["per_listener_settings"] == "true"
 
 
 def test_acl_rules() -> None:
@@ -303,17 +344,18 @@ def test_acl_rules() -> None:
     assert acl.allows("alarmcentre", "ingest", f"{P}/d1/events", "read")
     assert acl.allows("alarmcentre", "ingest", f"{P}/d1/commands", "write")
     assert not acl.allows("alarmcentre", "ingest", f"{P}/d1/config", "read")
-    assert acl.allows("device", "sim", f"{P}/anything/status", "write")
+    assert not acl.allows("device", "sim", f"{P}/anything/status", "write")  # no shared device login
     assert acl.allows("d1", "d1", f"{P}/d1/config", "read")
     assert not acl.allows("d1", "d1", f"{P}/d2/config", "read")
     assert not acl.allows("d1", "d1", f"{P}/d1/events", "read")
     assert not acl.allows("+", "x", f"{P}/+/events", "write")  # no wildcard usernames in patterns
     assert not acl.allows(None, "x", f"{P}/d1/events", "write")
-    production = Acl.parse((REPO / "config/mosquitto/acl").read_text())
-    # Production has the same rules, without the shared demo device user.
-    assert set(production.user_rules) == {"alarmcentre"}
-    assert production.user_rules["alarmcentre"] == acl.user_rules["alarmcentre"]
-    assert production.pattern_rules == acl.pattern_rules
-    assert not production.allows("device", "sim", f"{P}/d1/events", "write")  # no shared user in production
-    assert production.allows("d7", "d7", f"{P}/d7/events", "write")
+    # Production has the same rules, each on its listener.
+    devices = Acl.parse((REPO / "config/mosquitto/acl").read_text())
+    centre = Acl.parse((REPO / "config/mosquitto/centre-acl").read_text())
+    assert devices.user_rules == {} and devices.pattern_rules == Acl.parse(device_acl_text()).pattern_rules
+    assert centre.pattern_rules == [] and centre.user_rules == Acl.parse(centre_acl_text()).user_rules
+    assert centre.user_rules["alarmcentre"] == acl.user_rules["alarmcentre"]
+    assert devices.pattern_rules == acl.pattern_rules
+    assert devices.allows("d7", "d7", f"{P}/d7/events", "write")
     assert topic_matches("a/b", "a/#") and topic_matches("a", "a/#") and not topic_matches("a/b/c", "a/+")

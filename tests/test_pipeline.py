@@ -99,7 +99,7 @@ def embedded_centre(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         pytest.skip("no mosquitto binary: the embedded default falls back to amqtt, tested above")
     settings = Settings(data_dir=tmp_path / "data", broker=request.param, broker_port=free_port(),
                         admin_user=ADMIN[0], admin_password=ADMIN[1], database_url=None, mqtt_url=None)
-    centre = Centre(settings).start()
+    centre = Centre(settings, device_logins=("EMB-1",)).start()
     assert centre.consumer.wait_connected(10), "ingest did not connect to the embedded broker"
     yield centre
     centre.stop()
@@ -112,9 +112,9 @@ def _has_mosquitto() -> bool:
 
 
 def test_press_on_embedded_defaults_becomes_one_incident(embedded_centre: Centre) -> None:
-    assert embedded_centre.db is not None and embedded_centre.device_url is not None
+    assert embedded_centre.db is not None
     setup_devices(embedded_centre.db.sessions, ["EMB-1"])
-    publisher = Publisher(embedded_centre.device_url, client_id="EMB-1")
+    publisher = Publisher(embedded_centre.device_url("EMB-1"), client_id="EMB-1")
     try:
         press_becomes_one_incident(publisher, TestClient(embedded_centre.app), "EMB-1")
     finally:

@@ -39,7 +39,8 @@ class BrokerUser:
 class EmbeddedBroker(Protocol):
     kind: str  # "mosquitto" or "amqtt"
     host: str
-    port: int
+    port: int  # devices connect here; their client id is bound to their username
+    centre_port: int  # the centre's own login connects here (the same port on amqtt)
 
     def start(self) -> None: ...
 
@@ -71,6 +72,13 @@ def ensure_port_free(port: int, host: str = BROKER_HOST) -> None:
                     f"broker with ALARMCENTRE_MQTT_URL."
                 ) from e
             raise
+
+
+def free_port(host: str = BROKER_HOST) -> int:
+    """A port free on `host` now (the kernel's choice), for a listener only this process needs to know."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def validate_users(users: list[BrokerUser]) -> None:
@@ -144,5 +152,6 @@ __all__ = [
     "BrokerUser",
     "EmbeddedBroker",
     "ensure_port_free",
+    "free_port",
     "start_embedded_broker",
 ]

@@ -18,12 +18,12 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BaseContext
-from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 from argon2 import PasswordHasher
 
 from alarmcentre.broker import BROKER_HOST, BrokerError, BrokerUser, validate_users
-from alarmcentre.broker.acl import Acl, embedded_acl_text
+from alarmcentre.broker.acl import CENTRE_USER, Acl, embedded_acl_text
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,27 @@ def write_password_file(path: Path, users: list[BrokerUser]) -> None:
     with os.fdopen(fd, "w") as f:
         f.write("".join(f"{u.username}:{_HASHER.hash(u.password)}\n" for u in users))
     os.replace(tmp, path)
+
+
+class BoundClientIdPlugin(BaseAuthPlugin):
+    """A device may connect only with its username as client id (what Mosquitto's
+    use_username_as_clientid enforces on the device listener); the centre's login may use any.
+
+    amqtt has one listener here, so the rule is checked instead of imposed. It is not a seal:
+    amqtt 0.12 discards (clean session) or rewrites the session of a client id *before* it
+    authenticates the newcomer, so even a refused connect can disturb the ingest's session.
+    One more reason amqtt is demo-grade (docs/brokers.md).
+    """
+
+    @dataclass
+    class Config:
+        pass
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        if session.username == CENTRE_USER or session.client_id == session.username:
+            return None  # no objection; the password plugin decides
+        log.warning("refused a connection as %r: a device's client id must be its username", session.client_id)
+        return False
 
 
 class AclTopicPlugin(BaseTopicPlugin):
@@ -120,6 +141,7 @@ class AmqttBroker:
         self.data_dir = Path(data_dir).resolve()
         self.host = BROKER_HOST
         self.port = port
+        self.centre_port = port  # one listener for all: the client-id rule is BoundClientIdPlugin's
         self.users = list(users)
         self.acl_text = acl_text if acl_text is not None else embedded_acl_text()
         self.start_timeout = start_timeout
@@ -137,6 +159,7 @@ class AmqttBroker:
             # anonymous sessions get no offline queue), no $SYS publisher, no packet logger.
             "plugins": {
                 "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(self.password_path)},
+                f"{__name__}.BoundClientIdPlugin": {},
                 f"{__name__}.AclTopicPlugin": {"acl_file": str(self.acl_path)},
             },
         }

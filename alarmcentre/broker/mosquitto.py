@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from alarmcentre.broker import BROKER_HOST, BrokerError, BrokerUser, validate_users
-from alarmcentre.broker.acl import embedded_acl_text
+from alarmcentre.broker import BROKER_HOST, BrokerError, BrokerUser, free_port, validate_users
+from alarmcentre.broker.acl import CENTRE_USER, centre_acl_text, device_acl_text
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def _parent_death_signal() -> Callable[[], None] | None:
 
 
 class MosquittoBroker:
-    """Mosquitto as a child process, listening on 127.0.0.1:port, state in data_dir.
+    """Mosquitto as a child process, state in data_dir. Devices connect on 127.0.0.1:port, where the
+    client id is the username; the centre's login (CENTRE_USER) only on 127.0.0.1:centre_port.
 
     The child gets SIGTERM if this process dies (Linux). That signal is tied to the *thread*
     that started it, so call start() from the main thread or one that outlives the broker.
@@ -121,7 +122,7 @@ class MosquittoBroker:
         data_dir: Path,
         port: int,
         users: list[BrokerUser],
-        acl_text: str | None = None,
+        centre_port: int = 0,
         start_timeout: float = 10.0,
         stop_timeout: float = 30.0,
     ) -> None:
@@ -130,14 +131,16 @@ class MosquittoBroker:
         self.data_dir = Path(data_dir).resolve()
         self.host = BROKER_HOST
         self.port = port
+        self.centre_port = centre_port or free_port()  # 0: any free port, chosen once
         self.users = list(users)
-        self.acl_text = acl_text if acl_text is not None else embedded_acl_text()
         self.start_timeout = start_timeout
         # Stopping saves the persistence file; with a large backlog that takes a while.
         self.stop_timeout = stop_timeout
         self.config_path = self.data_dir / "mosquitto.conf"
         self.password_path = self.data_dir / "passwords"
         self.acl_path = self.data_dir / "acl"
+        self.centre_password_path = self.data_dir / "centre-passwords"
+        self.centre_acl_path = self.data_dir / "centre-acl"
         self.log_path = self.data_dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -150,13 +153,22 @@ class MosquittoBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         passwd = shutil.which("mosquitto_passwd", path=str(Path(self.binary).parent) + os.pathsep
                               + os.environ.get("PATH", os.defpath))
-        write_password_file(self.password_path, self.users, mosquitto_passwd=passwd)
-        self.acl_path.write_text(self.acl_text)
+        centre = [u for u in self.users if u.username == CENTRE_USER]
+        devices = [u for u in self.users if u.username != CENTRE_USER]
+        # Mosquitto refuses an empty password file; a placeholder login nobody knows stands in.
+        placeholder = [BrokerUser("alarmcentre-nobody", secrets.token_urlsafe(18))]
+        write_password_file(self.password_path, devices or placeholder, mosquitto_passwd=passwd)
+        write_password_file(self.centre_password_path, centre or placeholder, mosquitto_passwd=passwd)
+        self.acl_path.write_text(device_acl_text())
+        self.centre_acl_path.write_text(centre_acl_text())
         template = resources.files("alarmcentre.broker").joinpath(TEMPLATE).read_text()
         config = Template(template).substitute(
             port=self.port,
             password_file=self.password_path,
             acl_file=self.acl_path,
+            centre_port=self.centre_port,
+            centre_password_file=self.centre_password_path,
+            centre_acl_file=self.centre_acl_path,
             user=pwd.getpwuid(os.geteuid()).pw_name,
             persistence_location=self.data_dir,  # Mosquitto adds the "/" itself
         )
@@ -202,8 +214,8 @@ class MosquittoBroker:
                     f"{self.start_timeout:.0f} s; {self._log_tail()}"
                 )
             time.sleep(0.05)
-        log.info("embedded mosquitto pid %d on %s:%d, files in %s", self._proc.pid, self.host, self.port,
-                 self.data_dir)
+        log.info("embedded mosquitto pid %d on %s:%d (devices) and :%d (the centre), files in %s", self._proc.pid,
+                 self.host, self.port, self.centre_port, self.data_dir)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -13,30 +13,18 @@ import re
 import secrets
 from pathlib import Path
 
-from alarmcentre.broker.acl import CENTRE_USER, DEMO_DEVICE_USER, Acl
+from alarmcentre.broker.acl import CENTRE_USER, Acl, device_acl_text
 from alarmcentre.broker.mosquitto import pbkdf2_password_line
-from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN, TOPIC_PREFIX
+from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
 
-RESERVED_USERNAMES = frozenset({CENTRE_USER, DEMO_DEVICE_USER})
+# The centre's own MQTT client ids all start with this (alarmcentre-ingest, alarmcentre-config-...).
+# A device's client id is its serial, so no serial may start with it either.
+RESERVED_PREFIX = CENTRE_USER
 
-DEVICE_PATTERN_LINES = (
-    f"pattern write {TOPIC_PREFIX}/%u/events",
-    f"pattern write {TOPIC_PREFIX}/%u/status",
-    f"pattern read {TOPIC_PREFIX}/%u/config",
-    f"pattern read {TOPIC_PREFIX}/%u/commands",
-)
+DEVICE_PATTERN_LINES = tuple(line for line in device_acl_text().splitlines() if line.startswith("pattern "))
 
-PRODUCTION_ACL = f"""\
-# Topic permissions for Mosquitto 2.x, written by `alarmcentre devices provision`.
-# The centre reads what devices send and writes what devices read.
-user {CENTRE_USER}
-topic read {TOPIC_PREFIX}/+/events
-topic read {TOPIC_PREFIX}/+/status
-topic write {TOPIC_PREFIX}/+/config
-topic write {TOPIC_PREFIX}/+/commands
-
-# Every device logs in with its serial (%u) and may use only its own topics.
-""" + "\n".join(DEVICE_PATTERN_LINES) + "\n"
+PRODUCTION_ACL = ("# Topic permissions of the device listener for Mosquitto 2.x, written by "
+                  "`alarmcentre devices provision`.\n" + device_acl_text())
 
 
 class ProvisionError(ValueError):
@@ -46,8 +34,9 @@ class ProvisionError(ValueError):
 def check_serial(serial: str) -> None:
     if not re.fullmatch(DEVICE_ID_PATTERN, serial):
         raise ProvisionError(f"invalid serial {serial!r}: 1-64 letters, digits, - and _")
-    if serial in RESERVED_USERNAMES:
-        raise ProvisionError(f"{serial!r} is a reserved broker username and cannot be a device serial")
+    if serial.lower().startswith(RESERVED_PREFIX):
+        raise ProvisionError(f"{serial!r}: serials starting with {RESERVED_PREFIX!r} are reserved for the centre's "
+                             "own broker clients")
 
 
 def new_password() -> str:

@@ -32,6 +32,7 @@ from alarmcentre.config import Settings, get_settings
 from alarmcentre.db import transaction
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, process_message
 from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
+from alarmcentre.ingest.sessions import record_connect
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class IngestConsumer:
         self._worker: threading.Thread | None = None
         self.database_ok = True
         self.last_commit_at: float | None = None
+        # time.monotonic() of the last reconnect to a session the broker had lost (sessions.py).
+        self.session_lost_at: float | None = None
         # The batch the worker is committing: receipt time of its oldest message, and its size.
         self._in_hand_since: float | None = None
         self._in_hand = 0
@@ -194,6 +197,7 @@ class IngestConsumer:
         self._generation += 1
         metrics.BROKER_CONNECTED.set(1)
         log.info("ingest: connected to %s (session present: %s)", self.endpoint.safe(), flags.session_present)
+        self._check_session(flags.session_present)
         if not flags.session_present:
             # A new session: subscribe, and count as connected only once the broker confirms it
             # (a message published before that would not be kept for us). An existing session keeps
@@ -201,6 +205,22 @@ class IngestConsumer:
             client.subscribe([(EVENTS_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
         else:
             self._connected.set()
+
+    def _check_session(self, session_present: bool) -> None:
+        client_id = self._client._client_id.decode()
+        try:
+            with transaction(self._factory) as session:
+                lost = record_connect(session, client_id=client_id, session_present=session_present)
+        except DBAPIError as exc:
+            log.warning("ingest: cannot record the broker session (%s); a lost session would go unnoticed",
+                        type(exc.orig or exc).__name__)
+            return
+        if lost:
+            self.session_lost_at = time.monotonic()
+            metrics.INGEST_SESSIONS_LOST.inc()
+            log.error("ingest: the broker no longer had the persistent session %r: messages it queued for the "
+                      "ingest while it was away may be lost (broker state lost, or another client connected "
+                      "with this client id)", client_id)
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
                       reason_codes: list[object], _properties: object) -> None:

@@ -27,6 +27,7 @@ from .connection import (
     SimulatorError,
     check_device_id,
     default_url,
+    load_credentials,
     raise_open_file_limit,
     serials,
 )
@@ -68,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--cafile", help="CA certificate file for mqtts:// with a private CA")
     common.add_argument("--serial-login", action="store_true",
-                        help="each device logs in with its serial as username (and the URL's password), "
-                             "as with per-device broker logins")
+                        help="each device logs in with its serial as username and the URL's password, even when "
+                             "the URL names a user (a URL without a user does this already)")
+    common.add_argument("--credentials", metavar="FILE",
+                        help="JSON object of serial to password (the demo's data/broker/credentials.json is one): "
+                             "each device logs in as its serial with its own password")
     common.add_argument("-v", "--verbose", action="store_true",
                         help="print every message sent (>) and received (<), one line each")
 
@@ -281,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "scenario": _cmd_scenario, "press": _cmd_press}
     # Everything that can be checked without a broker is checked first (exit 2).
     try:
-        broker = BrokerAddress.from_url(args.url or default_url(), cafile=args.cafile)
+        passwords = load_credentials(args.credentials) if args.credentials else None
+        broker = BrokerAddress.from_url(args.url or default_url(), cafile=args.cafile, passwords=passwords)
         if args.command == "run":
             args.resolved_ids = _device_ids(args)
         elif args.command == "press":

@@ -7,10 +7,13 @@ all read a broker URL the same way.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
@@ -23,6 +26,17 @@ _DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
 
 class SimulatorError(Exception):
     """A problem the user can fix (bad URL, bad file, broker unreachable): shown without a traceback."""
+
+
+def load_credentials(path: str | Path) -> dict[str, str]:
+    """A JSON object of serial -> password, such as the embedded broker's data/broker/credentials.json."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SimulatorError(f"credentials file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise SimulatorError(f"credentials file {path}: expected a JSON object of serial to password")
+    return data
 
 
 def default_url() -> str:
@@ -40,9 +54,12 @@ class BrokerAddress:
     password: str | None = None
     tls: bool = False
     cafile: str | None = None
+    # Per-device passwords by serial (`--credentials`): each device logs in as itself.
+    passwords: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_url(cls, url: str, *, cafile: str | None = None) -> BrokerAddress:
+    def from_url(cls, url: str, *, cafile: str | None = None,
+                 passwords: Mapping[str, str] | None = None) -> BrokerAddress:
         """Parse ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...`` (TLS).
 
         User and password may be percent-encoded, so passwords with ``@`` or ``:`` work.
@@ -67,7 +84,19 @@ class BrokerAddress:
             password=unquote(parts.password) if parts.password is not None else None,
             tls=tls,
             cafile=cafile,
+            passwords=passwords,
         )
+
+    def login(self, device_id: str, *, serial_login: bool = False) -> tuple[str | None, str | None]:
+        """(username, password) of one device. A device logs in as its serial, the broker binds its
+        client id to that name (docs/brokers.md), unless the URL names a user and serial_login is off."""
+        if self.passwords is not None:
+            if device_id not in self.passwords:
+                raise SimulatorError(f"{device_id}: no password for this serial in the credentials file")
+            return device_id, self.passwords[device_id]
+        if serial_login or not self.username:
+            return device_id, self.password
+        return self.username, self.password
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context for mqtts:// (system CAs, or ``cafile`` for a private CA)."""

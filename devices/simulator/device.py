@@ -160,9 +160,9 @@ class SimDevice:
         timeout: float = 10.0,
     ) -> None:
         self.device_id = check_device_id(device_id)
-        # Production brokers give each device its own login named after its serial
-        # (docs/brokers.md); with serial_login the URL's password goes with that name.
-        self.username = device_id if serial_login else broker.username
+        # Brokers give each device its own login named after its serial and bind the client id to
+        # it (docs/brokers.md); see BrokerAddress.login.
+        self.username, self._password = broker.login(device_id, serial_login=serial_login)
         self.broker = broker
         self.behaviour = behaviour or DeviceBehaviour()
         self.stats = stats or Stats(devices=1)
@@ -306,7 +306,7 @@ class SimDevice:
             self.broker.host,
             self.broker.port,
             username=self.username,
-            password=self.broker.password,
+            password=self._password,
             identifier=self.client_id,
             will=aiomqtt.Will(status_topic(self.device_id), b"offline", qos=1, retain=True),
             clean_session=True,

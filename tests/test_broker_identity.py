@@ -1,0 +1,160 @@
+"""Identity is bound on the broker: no device login can take the ingest's session, and a session
+the broker lost anyway is noticed (metric, /readyz, log, across the ingest's restarts).
+
+Against the shipped config/mosquitto/ (both listeners, logins and ACLs) on free ports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import REGISTRY
+
+from alarmcentre.devices.models import DeviceEvent
+from alarmcentre.health import ingest_checks
+from alarmcentre.ingest.consumer import IngestConsumer
+from alarmcentre.ingest.protocol import events_topic
+from alarmcentre.ingest.sessions import IngestSession
+from alarmcentre.runtime import Database
+from tests.conftest import MosquittoProcess, SealedMosquitto, wait_until
+from tests.factories import count_rows, event_payload, setup_devices
+
+INGEST_ID = "alarmcentre-ingest"
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def connect(port: int, username: str | None, password: str | None, *, client_id: str,
+            clean_session: bool = True) -> tuple[mqtt.Client, mqtt.ReasonCode]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
+    if username is not None:
+        client.username_pw_set(username, password)
+    answered = threading.Event()
+    codes: list[mqtt.ReasonCode] = []
+    client.on_connect = lambda c, u, f, rc, p: (codes.append(rc), answered.set())
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    assert answered.wait(10), "no CONNACK"
+    return client, codes[0]
+
+
+def close(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def press_alarms(broker: SealedMosquitto, serial: str, seqs: range) -> None:
+    device, code = connect(broker.device_port, serial, broker.device_passwords[serial], client_id=serial)
+    assert not code.is_failure, code
+    for seq in seqs:
+        info = device.publish(events_topic(serial), event_payload(seq, "button_press"), qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"the broker did not acknowledge alarm {seq}"
+    close(device)
+
+
+def take_over(broker: SealedMosquitto) -> mqtt.ReasonCode:
+    """A stolen device login connects with the ingest's client id and a clean session."""
+    hostile, code = connect(broker.device_port, "HOSTILE-1", broker.device_passwords["HOSTILE-1"],
+                            client_id=INGEST_ID, clean_session=True)
+    time.sleep(0.1)
+    close(hostile)
+    return code
+
+
+def test_a_device_with_the_ingests_client_id_neither_drops_the_ingest_nor_loses_an_alarm(
+    postgres_db: Database, sealed_mosquitto: SealedMosquitto
+) -> None:
+    broker = sealed_mosquitto
+    setup_devices(postgres_db.sessions, ["SEAL-1"])
+    disconnects, lost = metric("alarmcentre_broker_disconnects_total"), metric("alarmcentre_ingest_sessions_lost_total")
+    consumer = IngestConsumer(mqtt_url=broker.centre_url(), session_factory=postgres_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        # While the ingest runs: a takeover before each of 20 alarms (the measured attack: 9 of 20 arrived).
+        for seq in range(1, 21):
+            assert not take_over(broker).is_failure  # let in, but under its own name
+            press_alarms(broker, "SEAL-1", range(seq, seq + 1))
+        assert wait_until(lambda: count_rows(postgres_db, DeviceEvent) == 20, 15) >= 0
+        assert consumer.connected
+        assert metric("alarmcentre_broker_disconnects_total") == disconnects, "the ingest was dropped"
+    finally:
+        consumer.stop()
+    # While the ingest is away: alarms queue in its session, a takeover tries to discard it
+    # (measured before: 0 of 10 arrived).
+    press_alarms(broker, "SEAL-1", range(21, 31))
+    take_over(broker)
+    consumer = IngestConsumer(mqtt_url=broker.centre_url(), session_factory=postgres_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        assert wait_until(lambda: count_rows(postgres_db, DeviceEvent) == 30, 15) >= 0
+        assert consumer.session_lost_at is None
+    finally:
+        consumer.stop()
+    assert metric("alarmcentre_ingest_sessions_lost_total") == lost
+    assert "HOSTILE-1" in (broker.process.workdir / "mosquitto.log").read_text()
+
+
+def test_no_device_login_opens_the_centres_listener_and_the_centre_cannot_use_the_device_listener(
+    sealed_mosquitto: SealedMosquitto
+) -> None:
+    broker = sealed_mosquitto
+    for port, user, password in [(broker.centre_port, "HOSTILE-1", broker.device_passwords["HOSTILE-1"]),
+                                 (broker.centre_port, None, None),
+                                 (broker.device_port, "alarmcentre", broker.centre_password),
+                                 (broker.device_port, None, None)]:
+        client, code = connect(port, user, password, client_id=INGEST_ID)
+        client.loop_stop()
+        assert code.is_failure, f"{user!r} was let in on port {port}"
+
+
+def test_a_session_the_broker_lost_is_noticed_across_an_ingest_restart(
+    sqlite_db: Database, mosquitto: MosquittoProcess
+) -> None:
+    """The plain test broker binds no client ids: a clean-session connect under the ingest's id stands
+    in for a broker that lost its state."""
+    lost = metric("alarmcentre_ingest_sessions_lost_total")
+    consumer = IngestConsumer(mqtt_url=mosquitto.url, session_factory=sqlite_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    assert consumer.wait_connected(10)
+    consumer.stop()
+    intruder, _ = connect(mosquitto.port, None, None, client_id=INGEST_ID, clean_session=True)
+    close(intruder)
+    # A new consumer, as after a restart of the process: only the database remembers the session.
+    consumer = IngestConsumer(mqtt_url=mosquitto.url, session_factory=sqlite_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        assert metric("alarmcentre_ingest_sessions_lost_total") == lost + 1
+        problem = ingest_checks(consumer, max_lag_s=30)["broker"]()
+        assert problem is not None and "lost the ingest's persistent session" in problem
+        with sqlite_db.sessions() as session:
+            record = session.get(IngestSession, INGEST_ID)
+            assert record is not None and record.lost_count == 1 and record.last_lost_at is not None
+    finally:
+        consumer.stop()
+    # Back with its session: nothing more is counted.
+    consumer = IngestConsumer(mqtt_url=mosquitto.url, session_factory=sqlite_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        assert consumer.session_lost_at is None
+        assert metric("alarmcentre_ingest_sessions_lost_total") == lost + 1
+    finally:
+        consumer.stop()
+
+
+@pytest.mark.parametrize("serial", ["alarmcentre-ingest", "AlarmCentre-config-1", "alarmcentre"])
+def test_serials_that_could_be_the_centres_client_ids_are_refused(serial: str) -> None:
+    from alarmcentre.broker.provision import ProvisionError, check_serial
+
+    with pytest.raises(ProvisionError, match="reserved"):
+        check_serial(serial)

@@ -31,11 +31,11 @@ def _common(parser: argparse.ArgumentParser, *, api: bool = False, broker: bool 
     parser.add_argument("--data-dir", help="where the SQLite file and embedded broker state live (default: ./data)")
     parser.add_argument("--log-json", action="store_true", default=None, help="log one JSON object per line")
     if broker:
-        parser.add_argument("--mqtt-url", help="use this broker (mqtt://user:password@host:port) "
-                            "instead of starting an embedded one")
+        parser.add_argument("--mqtt-url", help="use this broker instead of starting an embedded one: the centre's "
+                            "login on its centre listener (mqtt://alarmcentre:password@host:1884)")
         parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"],
                             help="embedded broker: auto prefers an installed mosquitto binary, else amqtt")
-        parser.add_argument("--broker-port", type=int, help="embedded broker port (default 18830)")
+        parser.add_argument("--broker-port", type=int, help="embedded broker port for devices (default 18830)")
     if api:
         parser.add_argument("--host", dest="api_host", help="API address to listen on (default 127.0.0.1)")
         parser.add_argument("--port", dest="api_port", type=int, help="API port (default 8000)")

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite file, embedded broker state")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
     mqtt_url: str | None = Field(
-        None, description="External broker, mqtt://user:password@host:port; default: embedded broker"
+        None, description="External broker: the centre's login on its centre listener, "
+        "mqtt://alarmcentre:password@host:1884; default: embedded broker"
     )
     mqtt_client_id: str = "alarmcentre-ingest"
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
@@ -74,8 +75,9 @@ class Settings(BaseSettings):
     canary_bound_s: float = Field(10, gt=0, description="a test alarm must reach the dashboards' feed within this")
     canary_serial: str = Field("canary", description="the canary device's serial and broker username")
     canary_mqtt_url: str | None = Field(
-        None, description="broker login of the canary device (mqtt://canary:PASSWORD@host:port); "
-        "default with the embedded broker: made automatically; unset with an external broker: no canary")
+        None, description="broker login of the canary device on the device listener "
+        "(mqtt://canary:PASSWORD@host:1883); default with the embedded broker: made automatically; "
+        "unset with an external broker: no canary")
     # Operator dashboard.
     access_key: str | None = Field(
         None, description="key for door/key-safe codes (Fernet); default: generated into data_dir/access.key")

@@ -87,7 +87,11 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
+def transaction(factory: sessionmaker[Session], *, writes: bool = False) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error. `writes`: it reads, then writes;
+    on SQLite it then takes the write lock first (BEGIN IMMEDIATE), so that a commit of another
+    process part in between makes it wait instead of failing."""
     with factory() as session, session.begin():
+        if writes:
+            session.connection(execution_options={SQLITE_IMMEDIATE: True})
         yield session

@@ -128,7 +128,7 @@ def add_canary(scheduler: BackgroundScheduler, factory: sessionmaker[Session], s
     from alarmcentre.canary import CanaryPublisher, ensure_canary_device, prune_beats
     from alarmcentre.db import transaction
 
-    with transaction(factory) as session:
+    with transaction(factory, writes=True) as session:
         ensure_canary_device(session, settings)
     assert settings.canary_mqtt_url is not None
     publisher = CanaryPublisher(settings.canary_mqtt_url, serial=settings.canary_serial,

@@ -209,7 +209,7 @@ class IngestConsumer:
     def _check_session(self, session_present: bool) -> None:
         client_id = self._client._client_id.decode()
         try:
-            with transaction(self._factory) as session:
+            with transaction(self._factory, writes=True) as session:
                 lost = record_connect(session, client_id=client_id, session_present=session_present)
         except DBAPIError as exc:
             log.warning("ingest: cannot record the broker session (%s); a lost session would go unnoticed",

@@ -26,7 +26,6 @@ class IngestSession(Base):
 
     client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     established_at: Mapped[datetime] = mapped_column(default=clock.now)
-    connected_at: Mapped[datetime] = mapped_column(default=clock.now)
     lost_count: Mapped[int] = mapped_column(default=0)
     last_lost_at: Mapped[datetime | None]
 
@@ -36,11 +35,10 @@ def record_connect(session: Session, *, client_id: str, session_present: bool) -
     now = clock.now()
     known = session.get(IngestSession, client_id)
     if known is None:
-        session.add(IngestSession(client_id=client_id, established_at=now, connected_at=now))
+        session.add(IngestSession(client_id=client_id, established_at=now))
         return False
-    known.connected_at = now
     if session_present:
-        return False
+        return False  # nothing written: the usual reconnect costs one read
     known.lost_count += 1
     known.last_lost_at = now
     known.established_at = now

@@ -23,7 +23,6 @@ def upgrade() -> None:
     op.create_table('ingest_sessions',
     sa.Column('client_id', sa.String(length=128), nullable=False),
     sa.Column('established_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('connected_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('lost_count', sa.Integer(), nullable=False),
     sa.Column('last_lost_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('client_id', name=op.f('pk_ingest_sessions'))

@@ -355,6 +355,7 @@ def _assert_each_step_exactly_once(db: Database, count: int) -> None:
     assert duplicates == []
 
 
+@pytest.mark.needs_true_clock
 def test_sigkill_of_the_scheduler_mid_escalation_fires_each_step_exactly_once(
     postgres_db: Database, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -385,6 +386,7 @@ def test_sigkill_of_the_scheduler_mid_escalation_fires_each_step_exactly_once(
     _assert_each_step_exactly_once(postgres_db, count)
 
 
+@pytest.mark.needs_true_clock
 def test_two_schedulers_at_once_fire_each_step_exactly_once(
     postgres_db: Database, postgres_url: str, tmp_path: Path
 ) -> None:

@@ -65,6 +65,9 @@ from tests.conftest import (
 from tests.factories import count_rows as count
 from tests.factories import make_client, make_device, setup_devices, stage_escalations
 
+# Every test here runs alarmcentre processes of its own, on the true clock.
+pytestmark = pytest.mark.needs_true_clock
+
 ALARMS = ("button_press", "fall_detected")
 
 

@@ -174,6 +174,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@pytest.mark.needs_true_clock
 def test_standalone_ingest_and_scheduler_serve_healthz_and_readyz(
     tmp_path: Path, mosquitto: MosquittoProcess
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import migrate
@@ -236,7 +236,7 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
         lines = [f"alarmcentre {'demo ' if demo else ''}is starting",
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
                  f"  health:     {base}/healthz (alive), {base}/readyz (every part working)",
-                 f"  database:   {settings.resolved_database_url()}"]
+                 f"  database:   {make_url(settings.resolved_database_url()).render_as_string(hide_password=True)}"]
         if centre.device_address:
             creds = BrokerCredentials.path(settings.data_dir)
             lines.append(f"  devices connect to: {centre.device_address}, each as its serial "

@@ -109,3 +109,34 @@ def test_a_device_provisioned_for_the_embedded_broker_logs_in_and_is_heard(tmp_p
         assert heard is not None, "the provisioned device's heartbeat never reached the database"
     finally:
         centre.stop()
+
+
+def test_the_start_banner_shows_no_password(tmp_path: Path, postgres_url: str) -> None:
+    """`alarmcentre up` prints where everything is, never a password: not the database's, not a broker login's."""
+    import json
+    import time
+
+    from tests.conftest import free_port
+
+    url = postgres_url.replace("postgres@", "postgres:db-secret-pw@", 1)  # trust auth ignores it
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "alarmcentre.cli", "up", "--data-dir", str(data),
+                             "--database-url", url, "--broker-port", str(free_port()), "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        banner: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("simulator:" in line for line in banner):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner.append(line)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    text = "".join(banner)
+    assert "database:" in text and "***" in text, text + err
+    secrets = ["db-secret-pw", *json.loads((data / "broker" / "credentials.json").read_text()).values()]
+    for secret in secrets:
+        assert secret not in text and secret not in err

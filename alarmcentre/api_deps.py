@@ -33,6 +33,21 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def client_address(request: Request) -> str:
+    """Who is asking, for login throttling: the connection's address, or, when that is a configured
+    trusted proxy (ALARMCENTRE_TRUSTED_PROXIES), the nearest X-Forwarded-For entry that is not one.
+    A header from anyone else is ignored: it would let a guesser pick a new address per attempt."""
+    address = request.client.host if request.client else "unknown"
+    trusted = {a.strip() for a in request.app.state.settings.trusted_proxies.split(",") if a.strip()}
+    if address not in trusted:
+        return address
+    hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop[:64]
+    return address
+
+
 def current_user(session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User:
     # An integration key is never a bearer token (it is looked up in its own table anyway).
     is_key = token is not None and token.startswith(users.INTEGRATION_KEY_PREFIX)

@@ -25,6 +25,7 @@ from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
 from alarmcentre.tasks.views import router as tasks_router
 from alarmcentre.users.views import router as auth_router
+from alarmcentre.users.views import throttles as throttles_router
 from alarmcentre.visits.views import integration_router
 from alarmcentre.visits.views import router as visits_router
 from alarmcentre.workorders.views import router as workorders_router
@@ -62,9 +63,9 @@ def create_app(
         checks.add("database", database_check(session_factory))
     app.state.health = checks
 
-    for router in (auth_router, municipalities_router, clients_router, contacts_router, devices_router,
-                   incidents_router, deadletters_router, dispatch_router, tasks_router, workorders_router,
-                   visits_router, integration_router):
+    for router in (auth_router, throttles_router, municipalities_router, clients_router, contacts_router,
+                   devices_router, incidents_router, deadletters_router, dispatch_router, tasks_router,
+                   workorders_router, visits_router, integration_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "supervisor", "technician", "admin"])
     create.add_argument("--full-name", default="")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    unlock = users_sub.add_parser("unlock", help="end a login lockout after repeated wrong passwords")
+    unlock = users_sub.add_parser("unlock", help="forget a username's failed logins (the growing waits "
+                                   "between its attempts), from every address")
     _common(unlock)
     unlock.add_argument("username")
 
@@ -231,9 +232,8 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.users_command == "unlock":
         with transaction(Database.open(settings).sessions) as session:
-            if not service.unlock(session, username=args.username):
-                raise _UsageError(f"no user {args.username!r}")
-        print(f"{args.username} can log in again")
+            cleared = service.clear_throttles(session, username=args.username)
+        print(f"{args.username}: {cleared} login throttle(s) cleared")
         return 0
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

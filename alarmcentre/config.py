@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         None, description="key for door/key-safe codes (Fernet); default: generated into data_dir/access.key")
     session_ttl_hours: float = Field(13, gt=0, description="a dashboard login lasts this long (a 12-hour shift)")
     secure_cookies: bool = Field(False, description="mark the session cookie Secure (set it behind HTTPS)")
+    trusted_proxies: str = Field(
+        "", description="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed; "
+        "for anyone else the connection's own address counts (login throttling)")
     answer_target_s: int = Field(60, ge=1, description="an alarm should be answered within this (green)")
     answer_limit_s: int = Field(180, ge=1, description="an alarm waiting longer than this is late (red)")
     live_poll_s: float = Field(0.25, gt=0, description="how often the live feed looks for changes")

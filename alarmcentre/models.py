@@ -19,13 +19,13 @@ from alarmcentre.ingest.sessions import IngestSession
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.tasks.models import OperatorTask
 from alarmcentre.users.models import ApiToken, IntegrationKey, User
+from alarmcentre.users.throttle import LoginThrottle
 from alarmcentre.visits.models import HomeCareWorker, Visit
 from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
     "AccessReveal", "ApiToken", "BatteryReading", "CanaryBeat", "Client", "ClientAccess", "Contact", "DeadLetter",
-    "Device", "DeviceAssignment", "IngestSession",
-    "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep", "IntegrationKey",
-    "Municipality", "OperatorTask", "PlanStep", "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry",
-    "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",
+    "Device", "DeviceAssignment", "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep",
+    "IngestSession", "IntegrationKey", "LoginThrottle", "Municipality", "OperatorTask", "PlanStep", "SharedResource",
+    "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",
 ]

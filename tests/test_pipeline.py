@@ -243,6 +243,7 @@ def _start_ingest(database_url: str, mqtt_url: str, log_path: Path) -> subproces
     return start_alarmcentre("ingest", env, log_path)
 
 
+@pytest.mark.needs_true_clock
 def test_sigkill_of_the_ingest_mid_burst_loses_nothing_and_duplicates_nothing(
     postgres_db: Database, postgres_url: str, mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:

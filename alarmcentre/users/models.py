@@ -35,9 +35,6 @@ class User(Base):
     active: Mapped[bool] = mapped_column(default=True)
     phone: Mapped[str | None] = mapped_column(String(32))  # for supervisor alerts by SMS
     on_call: Mapped[bool] = mapped_column(default=False)  # the supervisor alerted when an alarm waits
-    # Login lockout: after repeated wrong passwords the account waits (alarmcentre.users.service.login).
-    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
-    locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
 

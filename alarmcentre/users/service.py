@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
+from alarmcentre.users import throttle
 from alarmcentre.users.models import ApiToken, IntegrationKey, Role, User
 
 _hasher = PasswordHasher()
@@ -44,58 +44,41 @@ def ensure_admin(session: Session, *, username: str, password: str) -> User:
     return create_user(session, username=username, password=password, role=Role.ADMIN, full_name="Administrator")
 
 
-# Lockout after repeated wrong passwords: short at first, so that a night operator who mistypes
-# is not locked out for long, but growing so that guessing stays hopeless.
-FREE_ATTEMPTS = 5
-MAX_LOCKOUT = timedelta(minutes=15)
-
-
-@dataclass
-class LoginResult:
-    user: User | None
-    locked_until: datetime | None = None
-
-
-def check_login(session: Session, *, username: str, password: str) -> LoginResult:
-    """Authenticate with lockout. Counts failures in `session`: the caller must commit it even when
-    the login fails (an HTTP route answers 401 rather than raising, so its transaction commits)."""
-    now = clock.now()
-    user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
-    if user is not None and user.locked_until is not None and user.locked_until > now:
-        return LoginResult(None, locked_until=user.locked_until)
-    found = authenticate(session, username=username, password=password)
-    if found is not None:
-        found.failed_logins, found.locked_until = 0, None
-        return LoginResult(found)
+def check_login(session: Session, *, username: str, password: str, address: str) -> User | None:
+    """A login attempt from `address`, throttled (users/throttle.py): the user, or None for a wrong,
+    unknown or throttled login alike, after the same hashing work. Counts in `session`: the caller
+    commits it also when the login fails (an HTTP route answers 401 rather than raising)."""
+    if not throttle.count_attempt(session, username=username, address=address):
+        _verify(_DUMMY_HASH, password)  # the same time as any other refusal
+        return None
+    user = authenticate(session, username=username, password=password)
     if user is not None:
-        user.failed_logins += 1
-        over = user.failed_logins - FREE_ATTEMPTS
-        if over >= 0:
-            user.locked_until = now + min(timedelta(minutes=2 ** over), MAX_LOCKOUT)
-            return LoginResult(None, locked_until=user.locked_until)
-    return LoginResult(None)
+        throttle.succeeded(session, username=username, address=address)
+    return user
 
 
-def unlock(session: Session, *, username: str) -> bool:
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        return False
-    user.failed_logins, user.locked_until = 0, None
-    return True
+def clear_throttles(session: Session, *, username: str) -> int:
+    """`alarmcentre users unlock NAME`: forget this username's failed logins from everywhere."""
+    return throttle.clear(session, username=username)
 
 
 def authenticate(session: Session, *, username: str, password: str) -> User | None:
     # A NUL cannot be in a username (and PostgreSQL refuses it in a query).
     user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
-    try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError):
+    if not _verify(user.password_hash if user else _DUMMY_HASH, password):
         return None
     if user is None or not user.active:
         return None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     return user
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return bool(_hasher.verify(password_hash, password))
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 def issue_token(session: Session, *, user: User, ttl: timedelta) -> str:

@@ -19,7 +19,7 @@ from alarmcentre.clients.access import AccessCipher
 from alarmcentre.config import Settings
 from alarmcentre.users.models import Role
 from alarmcentre.web import login, operator, records, technician
-from alarmcentre.web.auth import BadCsrf, LoginRequired, LoginThrottle, NotAllowed, user_from_cookie
+from alarmcentre.web.auth import BadCsrf, LoginRequired, NotAllowed, user_from_cookie
 from alarmcentre.web.i18n import WEB_DIR
 from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
 from alarmcentre.web.render import render
@@ -49,7 +49,6 @@ def install(app: FastAPI, *, settings: Settings, session_factory: sessionmaker[S
         # (An app made again over the same checks, as a restarted server in the tests, keeps the first.)
         app.state.health.add("canary", canary.readiness)
     app.state.access_cipher = AccessCipher(settings)
-    app.state.login_throttle = LoginThrottle()
     app.state.shared_rendering = SharedRendering()
     for router in (login.router, operator.router, records.router, technician.router):
         app.include_router(router)

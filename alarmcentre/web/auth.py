@@ -1,4 +1,4 @@
-"""Dashboard logins: a server-side session in a cookie, CSRF tokens, login throttling, role checks.
+"""Dashboard logins: a server-side session in a cookie, CSRF tokens, role checks (throttling: users/throttle.py).
 
 The cookie holds an opaque token stored hashed in api_tokens (the same rows as API tokens), so
 logging out or disabling a user ends the session at once. Forms carry a CSRF token derived from
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -100,32 +98,3 @@ async def check_csrf(request: Request) -> None:
         sent = str((await request.form()).get(CSRF_FIELD, ""))
     if not token or not sent or not hmac.compare_digest(sent, csrf_token(token)):
         raise BadCsrf()
-
-
-class LoginThrottle:
-    """Per client address: at most `limit` failed logins in `window_s` (in memory, per process).
-
-    The per-account lockout (users.service.check_login) stops guessing one password; this stops
-    one address from trying many accounts."""
-
-    def __init__(self, limit: int = 20, window_s: float = 600.0) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, address: str) -> deque[float]:
-        failures = self._failures[address]
-        cutoff = time.monotonic() - self.window_s
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        return failures
-
-    def blocked(self, address: str) -> bool:
-        return len(self._recent(address)) >= self.limit
-
-    def failed(self, address: str) -> None:
-        self._recent(address).append(time.monotonic())
-        if len(self._failures) > 10_000:  # a flood of addresses must not grow memory without end
-            self._failures.clear()
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)

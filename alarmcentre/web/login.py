@@ -10,15 +10,13 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from alarmcentre import clock
-from alarmcentre.api_deps import SessionDep
+from alarmcentre.api_deps import SessionDep, client_address
 from alarmcentre.clients.models import Language
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role
 from alarmcentre.web.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
-    LoginThrottle,
     WebUser,
     check_csrf,
     csrf_token,
@@ -74,29 +72,18 @@ def login_form(request: Request, session: SessionDep, next: str | None = None) -
 def login(request: Request, session: SessionDep, username: Annotated[str, Form(max_length=64)],
           password: Annotated[str, Form(max_length=256)], nonce: Annotated[str, Form(max_length=100)] = "",
           next: Annotated[str, Form(max_length=500)] = "") -> Response:
-    address = request.client.host if request.client else "unknown"
-    throttle: LoginThrottle = request.app.state.login_throttle
     if not nonce or nonce != request.cookies.get(LOGIN_CSRF_COOKIE):
         return _login_page(request, error=translate(request, "The login form expired. Please try again."),
                            status_code=400, next_path=next)
-    if throttle.blocked(address):
-        error = translate(request, "Too many failed logins from this computer. Wait a few minutes.")
-        return _login_page(request, error=error, status_code=429, next_path=next)
-    result = users.check_login(session, username=username.strip(), password=password)
-    if result.user is None:
-        throttle.failed(address)
-        if result.locked_until is not None:
-            minutes = max(1, round((result.locked_until - clock.now()).total_seconds() / 60))
-            error = translate(request, "Too many wrong passwords: this account is locked for %(minutes)s min.",
-                            minutes=minutes)
-        else:
-            error = translate(request, "Wrong username or password.")
-        # Answered, not raised: the failure count is committed with this request.
-        return _login_page(request, error=error, status_code=401, next_path=next)
-    throttle.succeeded(address)
+    user = users.check_login(session, username=username.strip(), password=password, address=client_address(request))
+    if user is None:
+        # One answer for a wrong password, an unknown user and a throttled attempt (users/throttle.py).
+        # Answered, not raised: the attempt's count is committed with this request.
+        return _login_page(request, error=translate(request, "Wrong username or password."), status_code=401,
+                           next_path=next)
     settings = request.app.state.settings
-    token = users.issue_token(session, user=result.user, ttl=timedelta(hours=settings.session_ttl_hours))
-    response = RedirectResponse(_safe_next(next) or home_for(result.user.role), status_code=303)
+    token = users.issue_token(session, user=user, ttl=timedelta(hours=settings.session_ttl_hours))
+    response = RedirectResponse(_safe_next(next) or home_for(user.role), status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/",
                         secure=settings.secure_cookies, max_age=int(settings.session_ttl_hours * 3600))
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")

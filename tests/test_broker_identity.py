@@ -1,7 +1,8 @@
-"""Identity is bound on the broker: no device login can take the ingest's session, and a session
-the broker lost anyway is noticed (metric, /readyz, log, across the ingest's restarts).
+"""A hostile device against the broker: no device login can take the ingest's session, no packet
+can grow the broker's memory without bound, and a session the broker lost anyway is noticed
+(metric, /readyz, log, across the ingest's restarts).
 
-Against the shipped config/mosquitto/ (both listeners, logins and ACLs) on free ports.
+Against the shipped config/mosquitto/ (both listeners, logins, ACLs and limits) on free ports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
 
+from alarmcentre.deadletters.models import DeadLetter
 from alarmcentre.devices.models import DeviceEvent
 from alarmcentre.health import ingest_checks
 from alarmcentre.ingest.consumer import IngestConsumer
@@ -150,6 +152,34 @@ def test_a_session_the_broker_lost_is_noticed_across_an_ingest_restart(
         assert metric("alarmcentre_ingest_sessions_lost_total") == lost + 1
     finally:
         consumer.stop()
+
+
+def test_an_oversized_packet_costs_the_device_its_connection_and_the_broker_nothing(
+    sqlite_db: Database, sealed_mosquitto: SealedMosquitto
+) -> None:
+    broker = sealed_mosquitto
+    setup_devices(sqlite_db.sessions, ["SEAL-2"])
+    consumer = IngestConsumer(mqtt_url=broker.centre_url(), session_factory=sqlite_db.sessions, client_id=INGEST_ID)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        device, _ = connect(broker.device_port, "SEAL-2", broker.device_passwords["SEAL-2"], client_id="SEAL-2")
+        dropped = threading.Event()
+        device.on_disconnect = lambda *_args: dropped.set()
+        # Over the protocol's 4096 bytes but within the packet limit: it reaches the centre as a dead letter.
+        info = device.publish(events_topic("SEAL-2"), b'{"pad": "' + b"x" * 8000 + b'"}', qos=1)
+        info.wait_for_publish(10)
+        assert wait_until(lambda: count_rows(sqlite_db, DeadLetter, DeadLetter.reason == "too_large") == 1, 10) >= 0
+        # Over the packet limit: the broker closes the connection and keeps nothing of it.
+        device.publish(events_topic("SEAL-2"), b"x" * 2_000_000, qos=1)
+        assert dropped.wait(10), "the broker accepted a 2 MB packet"
+        close(device)
+        press_alarms(broker, "SEAL-2", range(1, 2))  # the device, reconnected, is heard as before
+        assert wait_until(lambda: count_rows(sqlite_db, DeviceEvent) == 1, 10) >= 0
+        assert count_rows(sqlite_db, DeadLetter) == 1
+    finally:
+        consumer.stop()
+    assert "SEAL-2" in (broker.process.workdir / "mosquitto.log").read_text()
 
 
 @pytest.mark.parametrize("serial", ["alarmcentre-ingest", "AlarmCentre-config-1", "alarmcentre"])

@@ -326,7 +326,7 @@ def test_mosquitto_dies_with_its_parent(tmp_path: Path) -> None:
 def _settings(text: str) -> dict[str, str]:
     keys = ("persistence", "autosave_interval", "autosave_on_changes", "max_queued_messages",
             "max_queued_bytes", "max_inflight_messages", "allow_anonymous", "per_listener_settings",
-            "use_username_as_clientid")
+            "use_username_as_clientid", "max_packet_size")
     found = re.findall(r"^(\w+)\s+(\S+)\s*$", text, flags=re.M)
     return {k: v for k, v in found if k in keys}
 
@@ -337,6 +337,7 @@ def test_embedded_mosquitto_uses_the_production_queue_settings() -> None:
     assert embedded == production
     assert production["max_queued_messages"] == "1000000" and production["allow_anonymous"] == "false"
     assert production["use_username_as_clientid"] == "true" and production["per_listener_settings"] == "true"
+    assert production["max_packet_size"] == "16384"
 
 
 def test_acl_rules() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -84,6 +85,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+LIKE_ESCAPE = "\\"
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, literally: its % and _ are no wildcards (use with
+    `escape=LIKE_ESCAPE`). Serials often contain "_", and a search for "%" must not list everyone."""
+    return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -59,7 +60,11 @@ class Database:
     def open(cls, settings: Settings, *, upgrade: bool = True) -> Database:
         url = settings.resolved_database_url()
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only from the first byte: names, addresses and medical notes live here. SQLite
+            # gives its -wal and -shm files the database file's permissions.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = make_engine(url)
         if upgrade:
             migrate.upgrade(engine)

@@ -433,6 +433,7 @@ def test_client_list_filters(any_api: Api) -> None:
     assert names(municipality_id=ogre, q="anna") == [anna["full_name"]]
     assert names(municipality_id=ogre, status="ended") == []
     assert names(q="100%") == []  # a LIKE wildcard in the search text matches nothing here
+    assert names(q="%") == [] and names(q="_") == [] and names(q="Anna_") == []  # wildcards are literal
     assert names(limit=1, offset=1) == ["Anna Ozola"]
     assert validation_fields(any_api.get("/api/v1/clients", params={"status": "asleep"})) == {"status"}
 

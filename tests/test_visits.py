@@ -294,3 +294,11 @@ def test_cli_creates_an_integration_key_printed_once(tmp_path: Path) -> None:
     with create_engine(url).connect() as conn:
         stored = conn.execute(select(IntegrationKey.key_hash)).scalar_one()
     assert key not in stored and len(stored) == 64
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_the_csv_export_never_hands_a_spreadsheet_a_formula(start: str) -> None:
+    from alarmcentre.visits.service import _cell
+
+    assert _cell(start + "HYPERLINK(\"http://x\")") == "'" + start + "HYPERLINK(\"http://x\")"
+    assert _cell("Anna " + start) == "Anna " + start and _cell(40) == 40

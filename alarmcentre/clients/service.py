@@ -11,6 +11,7 @@ from alarmcentre.clients.models import Client, ClientStatus
 from alarmcentre.clients.schemas import ClientIn, ClientPatch
 from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactIn, ContactPatch
+from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.municipalities.models import Municipality
 
 
@@ -54,7 +55,7 @@ def list_clients(
     if status is not None:
         query = query.where(Client.status == status)
     if search:
-        query = query.where(Client.full_name.ilike(f"%{search}%"))
+        query = query.where(Client.full_name.ilike(contains_pattern(search), escape=LIKE_ESCAPE))
     return session.scalars(query).all()
 
 

@@ -381,12 +381,16 @@ def export_made(session: Session, *, start: datetime, end: datetime, municipalit
     return rows
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP CSV injection), tab and CR included.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, list):
         return ";".join(str(item) for item in value)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
         return "'" + value  # a spreadsheet must not run a name or a note as a formula
     return value
 

@@ -19,6 +19,7 @@ from alarmcentre import clock
 from alarmcentre.api_deps import INCIDENT_ROLES, SessionDep
 from alarmcentre.clients import access
 from alarmcentre.clients.models import Client
+from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.devices.models import Device
 from alarmcentre.dispatch import actions
 from alarmcentre.dispatch.schemas import CallIn, EmergencyIn, HandoverIn, NoteIn, ReopenIn, ResolveIn, StepAnswerIn
@@ -141,7 +142,9 @@ def incident_list(request: Request, session: SessionDep, _user: Operator, q: str
         query = query.where(Incident.status == IncidentStatus.RESOLVED)
     text = q.strip()[:100].replace("\x00", "")
     if text:
-        conditions = [Client.full_name.ilike(f"%{text}%"), Client.address.ilike(f"%{text}%")]
+        pattern = contains_pattern(text)
+        conditions = [Client.full_name.ilike(pattern, escape=LIKE_ESCAPE),
+                      Client.address.ilike(pattern, escape=LIKE_ESCAPE)]
         if text.isdigit() and int(text) <= MAX_ID:
             conditions += [Incident.id == int(text), Client.id == int(text)]
         query = query.where(or_(*conditions))

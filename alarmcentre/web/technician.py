@@ -23,6 +23,7 @@ from alarmcentre import clock
 from alarmcentre.api_deps import DEVICE_EDITORS, INCIDENT_ROLES, STAFF, SessionDep
 from alarmcentre.clients import service as clients
 from alarmcentre.clients.models import Client
+from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.devices import service as devices
 from alarmcentre.devices.catalogue import spec_for
 from alarmcentre.devices.models import Device, DeviceStatus
@@ -48,11 +49,6 @@ SETTING_PREFIX = "cfg_"  # form field names of the settings: never clash with cs
 
 def _clean(text: str, limit: int = 100) -> str:
     return text.strip()[:limit].replace("\x00", "")
-
-
-def _like(text: str) -> str:
-    """A LIKE pattern that matches `text` literally (serials often contain "_")."""
-    return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
 
 def _number(text: str) -> int | None:
@@ -235,8 +231,8 @@ def device_list(request: Request, session: SessionDep, _user: Reader, q: str = "
     if chosen is not None:
         query = query.where(Device.status == chosen)
     if text:
-        query = query.where(or_(Device.serial.ilike(_like(text), escape="\\"),
-                                Client.full_name.ilike(_like(text), escape="\\")))
+        query = query.where(or_(Device.serial.ilike(contains_pattern(text), escape=LIKE_ESCAPE),
+                                Client.full_name.ilike(contains_pattern(text), escape=LIKE_ESCAPE)))
     rows = [{"device": device, "client": client, "programming": devices.config_state(device).value}
             for device, client in session.execute(query).all()]
     counts = dict(session.execute(select(Device.status, func.count()).group_by(Device.status)).all())

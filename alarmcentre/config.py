@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     )
     supervision_interval_s: float = Field(10.0, gt=0, description="how often silent devices are looked for")
     care_interval_s: float = Field(60.0, gt=0, description="how often welfare, battery, power, config jobs run")
+    dead_letter_retention_days: int = Field(90, ge=1, description="refused device messages are kept this long")
+    device_event_retention_days: int = Field(
+        400, ge=30, description="raw device events are kept this long (incidents and their timelines stay)")
     battery_low_percent: int = Field(20, ge=1, le=100, description="a battery under this is low")
     battery_ok_percent: int = Field(80, ge=1, le=100, description="a battery at or over this counts as replaced")
     power_loss_grace_s: int = Field(300, ge=0, description="mains lost longer than this: phone the client")

@@ -108,6 +108,10 @@ def build_scheduler(
     for name, job in care.CARE_JOBS.items():
         scheduler.add_job(care_job(name, job), "interval", seconds=settings.care_interval_s, id=name,
                           max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    from alarmcentre.retention import purge_expired
+
+    scheduler.add_job(_guarded("retention", lambda: purge_expired(factory, settings=settings)), "interval",
+                      hours=1, id="retention", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
     if publisher is None and settings.mqtt_url:
         publisher = ConfigPublisher(settings.mqtt_url, timeout_s=settings.config_publish_timeout_s)
     if publisher is not None:

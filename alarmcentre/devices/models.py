@@ -68,7 +68,7 @@ class DeviceEvent(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime]
-    received_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(index=True)  # retention.py deletes by it
     committed_at: Mapped[datetime] = mapped_column(default=clock.now)
     clock_skewed: Mapped[bool] = mapped_column(default=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

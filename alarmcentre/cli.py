@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     unlock.add_argument("username")
 
     sub.add_parser("access-key", help="print a new key for door and key-safe codes (ALARMCENTRE_ACCESS_KEY)")
+    keys = sub.add_parser("keys", help="the key of door and key-safe codes")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_sub.add_parser(
+        "rotate", help="encrypt every client's access information again with a new key. Key file in the data "
+        "directory: a new key is made, the old one kept beside it as access.key.retired-TIME for old backups. "
+        "ALARMCENTRE_ACCESS_KEY: set it to NEW,OLD first (alarmcentre access-key makes NEW), then drop OLD")
+    _common(rotate)
 
     integration = sub.add_parser("integration", help="API keys of other systems (the home-care service)")
     integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
-        "integration": _cmd_integration, "access-key": _cmd_access_key,
+        "integration": _cmd_integration, "access-key": _cmd_access_key, "keys": _cmd_keys,
     }
     from sqlalchemy.exc import OperationalError
 
@@ -259,6 +266,59 @@ def _cmd_access_key(_args: argparse.Namespace, _settings: Settings) -> int:
     from cryptography.fernet import Fernet
 
     print(Fernet.generate_key().decode())
+    return 0
+
+
+def _cmd_keys(_args: argparse.Namespace, settings: Settings) -> int:
+    """`keys rotate`: every access record encrypted again with the new key, in one transaction."""
+    import os
+    from datetime import UTC, datetime
+
+    from cryptography.fernet import Fernet
+
+    from alarmcentre.clients import access
+    from alarmcentre.db import transaction
+    from alarmcentre.runtime import Database
+
+    db = Database.open(settings)
+    try:
+        if settings.access_key:
+            cipher = access.load_cipher(settings)
+            if len([key for key in settings.access_key.split(",") if key.strip()]) < 2:
+                raise _UsageError("ALARMCENTRE_ACCESS_KEY holds one key: set it to NEW,OLD (make NEW with "
+                                  "`alarmcentre access-key`), restart the centre with it, then rotate")
+            with transaction(db.sessions) as session:
+                count = access.rotate_key(session, cipher)
+            log.warning("access key rotated: %d access records encrypted again with the first key", count)
+            print(f"{count} access records encrypted with the first key of ALARMCENTRE_ACCESS_KEY; remove the "
+                  "older keys from it and restart. Keep them only with the backups made before now.")
+            return 0
+        path = access.key_file(settings)
+        access.load_cipher(settings)  # checks the key file (and makes one when there is none)
+        old = path.read_text().strip()
+        new = Fernet.generate_key().decode()
+        cipher = access._parse_keys(f"{new},{old}", str(path))
+        with transaction(db.sessions) as session:
+            count = access.rotate_key(session, cipher)
+            # Committed only once the new key is on disk: a crash in between leaves records the kept key reads.
+            retired = path.with_name(f"access.key.retired-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+            fd = os.open(retired, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(old + "\n")
+            tmp = path.with_name("access.key.new")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(f"{new}\n{old}\n")  # both until the commit; the old one goes below
+            os.replace(tmp, path)
+        path.write_text(new + "\n")
+    except access.AccessKeyError as exc:
+        raise _UsageError(str(exc)) from exc
+    finally:
+        db.engine.dispose()
+    log.warning("access key rotated: %d access records encrypted again; old key kept in %s", count, retired.name)
+    print(f"{count} access records encrypted with a new key in {path}; the old key is in {retired} "
+          "(it reads only backups made before now: keep it with them, apart from the database)")
     return 0
 
 

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         "unset with an external broker: no canary")
     # Operator dashboard.
     access_key: str | None = Field(
-        None, description="key for door/key-safe codes (Fernet); default: generated into data_dir/access.key")
+        None, description="key for door/key-safe codes (Fernet; several, newest first, "
+        "while rotating); default: generated into data_dir/access.key")
     session_ttl_hours: float = Field(13, gt=0, description="a dashboard login lasts this long (a 12-hour shift)")
     secure_cookies: bool = Field(False, description="mark the session cookie Secure (set it behind HTTPS)")
     trusted_proxies: str = Field(

@@ -6,7 +6,7 @@ import logging
 from datetime import date
 from typing import Any
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import MultiFernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,7 +39,7 @@ def demo_serial(index: int) -> str:
     return f"DEMO-{index:04d}"
 
 
-def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Fernet | None = None) -> list[str]:
+def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: MultiFernet | None = None) -> list[str]:
     """Create what is missing (safe to run at every start); returns the device serials.
     With `access_cipher`, new demo clients get door and key-safe codes to reveal."""
     with transaction(factory) as session:

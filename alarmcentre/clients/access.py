@@ -7,7 +7,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import ForeignKey, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -56,45 +56,77 @@ class AccessKeyError(RuntimeError):
     pass
 
 
-def load_cipher(settings: Settings) -> Fernet:
-    """The key from the setting, else from (or newly into) data_dir/access.key, readable by the owner only.
+def _parse_keys(text: str, where: str) -> MultiFernet:
+    keys = [k.strip() for k in text.replace("\n", ",").split(",") if k.strip()]
+    try:
+        return MultiFernet([Fernet(k.encode()) for k in keys])
+    except ValueError as exc:  # also an empty list
+        raise AccessKeyError(f"{where} is not a valid key, or list of keys newest first (each 32 url-safe "
+                             "base64 bytes); make one with `alarmcentre access-key`") from exc
+
+
+def key_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "access.key"
+
+
+def load_cipher(settings: Settings) -> MultiFernet:
+    """The keys from the setting (comma-separated, newest first), else from (or newly into)
+    data_dir/access.key (one per line), readable by the owner only. The first key encrypts; every
+    key decrypts, which is how a key is rotated (`rotate_key`).
 
     Losing the key makes the stored codes unreadable (they must be entered again): back it up
     with the database, but never in the same place."""
     if settings.access_key:
-        try:
-            return Fernet(settings.access_key.encode())
-        except ValueError as exc:
-            raise AccessKeyError("ALARMCENTRE_ACCESS_KEY is not a valid key (32 url-safe base64 bytes); "
-                                 "make one with `alarmcentre access-key`") from exc
-    path = Path(settings.data_dir) / "access.key"
+        return _parse_keys(settings.access_key, "ALARMCENTRE_ACCESS_KEY")
+    path = key_file(settings)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(Fernet.generate_key())
-    return Fernet(path.read_bytes().strip())
+    return _parse_keys(path.read_text(), str(path))
+
+
+def rotate_key(session: Session, cipher: MultiFernet) -> int:
+    """Encrypt every client's access information again with the cipher's first key (each was
+    readable with one of its keys); returns how many. Commit, then retire the old keys."""
+    rows = list(session.scalars(select(ClientAccess).with_for_update()))
+    for row in rows:
+        try:
+            row.ciphertext = cipher.rotate(row.ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise AccessKeyError(f"the access information of client {row.client_id} cannot be decrypted with "
+                                 "any of the keys given: nothing was changed") from exc
+    return len(rows)
 
 
 class AccessCipher:
     """The key, loaded (or created) on first use: an app that never touches access codes (tests,
-    tools) must not create a key file as a side effect."""
+    tools) must not create a key file as a side effect. A key file that changed (a rotation) is
+    read again, so a running centre keeps up without a restart."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._cipher: Fernet | None = None
+        self._cipher: MultiFernet | None = None
+        self._loaded_stamp: int | None = None
 
-    def get(self) -> Fernet:
-        if self._cipher is None:
+    def get(self) -> MultiFernet:
+        stamp = self._key_file_stamp()
+        if self._cipher is None or stamp != self._loaded_stamp:
             self._cipher = load_cipher(self._settings)
+            self._loaded_stamp = self._key_file_stamp()
         return self._cipher
+
+    def _key_file_stamp(self) -> int | None:
+        path = key_file(self._settings)
+        return None if self._settings.access_key or not path.exists() else path.stat().st_mtime_ns
 
 
 def has_access_info(session: Session, *, client_id: int) -> bool:
     return session.get(ClientAccess, client_id) is not None
 
 
-def set_access_info(session: Session, cipher: Fernet, *, client: Client, text: str, user: User) -> None:
+def set_access_info(session: Session, cipher: MultiFernet, *, client: Client, text: str, user: User) -> None:
     """Replace the text; an empty text removes it."""
     text = text.strip()
     if len(text) > MAX_ACCESS_TEXT:
@@ -118,7 +150,7 @@ def may_reveal(incident: Incident, user: User) -> bool:
             and incident.client_id is not None)
 
 
-def reveal(session: Session, cipher: Fernet, *, incident: Incident, user: User) -> str:
+def reveal(session: Session, cipher: MultiFernet, *, incident: Incident, user: User) -> str:
     """Decrypt for the owner of this open alarm incident, and audit it (reveal row + timeline entry)."""
     if user.role not in REVEALING_ROLES:
         raise RevealRefused("only the operator handling the incident can reveal access information")

@@ -1,4 +1,4 @@
-"""Logs carry no personal data: a realistic night through the real code, logged as production logs
+"""Logs carry no personal data and no secret: a realistic night through the real code, logged as production logs
 (JSON, here at DEBUG so every library speaks), and every line checked.
 
 The flow: a client's alarm through Mosquitto and the ingest into PostgreSQL, a bad payload that
@@ -198,9 +198,10 @@ def test_a_night_of_work_logs_no_personal_data(
 
     texts_of_every_line = [line + "\n" + json.dumps(record, ensure_ascii=False)
                            for line, record in zip(lines, records, strict=True)]
+    secrets = [PASSWORD, sup_token, token, AUTH_TOKEN]  # passwords, bearer tokens, the Twilio credential
     leaks = [(word, text) for text in texts_of_every_line
-             for word in forbidden() + [body for body in bodies if len(body) > 3] if word in text]
-    assert leaks == [], f"personal data in the logs: {leaks[:5]}"
+             for word in forbidden() + secrets + [body for body in bodies if len(body) > 3] if word in text]
+    assert leaks == [], f"personal data or a secret in the logs: {leaks[:5]}"
     print(f"{len(lines)} log lines checked against {len(forbidden()) + len(bodies)} personal strings")
 
 

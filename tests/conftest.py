@@ -221,12 +221,17 @@ def mosquitto_config(workdir: Path, port: int) -> Path:
     return conf
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+def _mosquitto_workdir(tmp_path: Path, name: str) -> Path:
     if shutil.which("mosquitto") is None:
         missing_service("no mosquitto binary on PATH (Debian: apt-get install mosquitto)")
-    workdir = tmp_path / "mosquitto"
+    workdir = tmp_path / name
     workdir.mkdir()
+    return workdir
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    workdir = _mosquitto_workdir(tmp_path, "mosquitto")
     port = free_port()
     broker = MosquittoProcess(port, mosquitto_config(workdir, port), workdir)
     broker.start()
@@ -257,10 +262,7 @@ def sealed_mosquitto(tmp_path: Path) -> Iterator[SealedMosquitto]:
     from alarmcentre.broker import BrokerUser
     from alarmcentre.broker.mosquitto import write_password_file
 
-    if shutil.which("mosquitto") is None:
-        missing_service("no mosquitto binary on PATH (Debian: apt-get install mosquitto)")
-    workdir = tmp_path / "sealed-mosquitto"
-    workdir.mkdir()
+    workdir = _mosquitto_workdir(tmp_path, "sealed-mosquitto")
     device_port, centre_port = free_port(), free_port()
     devices = {serial: f"pw-{serial.lower()}" for serial in SEALED_DEVICES}
     write_password_file(workdir / "passwords", [BrokerUser(u, p) for u, p in devices.items()], mosquitto_passwd=None)

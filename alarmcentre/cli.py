@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from alarmcentre.broker import BrokerError
 
+    if args.command in ("up", "demo", "api", "ingest", "scheduler"):
+        problems = settings.production_problems(command=args.command)
+        if problems:
+            print("alarmcentre: ALARMCENTRE_ENV=production, and these settings are not safe for it:\n"
+                  + "\n".join(f"  - {problem}" for problem in problems), file=sys.stderr)
+            return 2
     try:
         return handlers[args.command](args, settings)
     except (_UsageError, BrokerError) as exc:

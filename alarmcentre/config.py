@@ -10,12 +10,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("data")
+# Passwords that ship in examples (docker-compose's fallback among them): never in production.
+DEFAULT_PASSWORDS = frozenset({"alarmcentre", "postgres", "password", "changeme", "secret"})
 EMBEDDED_BROKER_PORT = 18830  # not 1883: a system Mosquitto often listens there already
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALARMCENTRE_", extra="ignore")
 
+    env: Literal["development", "production"] = Field(
+        "development", description="production: refuse to start with settings that are only safe for a demo")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="SQLite file, embedded broker state")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
     mqtt_url: str | None = Field(
@@ -99,6 +103,30 @@ class Settings(BaseSettings):
     @property
     def twilio_configured(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number)
+
+    def production_problems(self, *, command: str) -> list[str]:
+        """What makes these settings unsafe for production (empty outside ALARMCENTRE_ENV=production)."""
+        if self.env != "production":
+            return []
+        problems = []
+        if command == "demo":
+            problems.append("`alarmcentre demo` seeds known passwords: never in production")
+        if not self.database_url or self.resolved_database_url().startswith("sqlite"):
+            problems.append("no ALARMCENTRE_DATABASE_URL: production runs on PostgreSQL, not the demo's SQLite")
+        else:
+            from sqlalchemy.engine import make_url
+
+            if (make_url(self.resolved_database_url()).password or "") in DEFAULT_PASSWORDS:
+                problems.append("the database password is a default one (see docker-compose.yml: POSTGRES_PASSWORD)")
+        if command in ("up", "demo") and not self.mqtt_url:
+            problems.append("no ALARMCENTRE_MQTT_URL: the embedded broker is for the demo; run Mosquitto with "
+                            "config/mosquitto/")
+        if not self.access_key:
+            problems.append("no ALARMCENTRE_ACCESS_KEY: a key generated into the data directory is lost with it "
+                            "(make one with `alarmcentre access-key`, keep it apart from the backups)")
+        if not self.secure_cookies:
+            problems.append("ALARMCENTRE_SECURE_COOKIES is off: dashboard sessions would travel without TLS")
+        return problems
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -140,3 +140,32 @@ def test_the_start_banner_shows_no_password(tmp_path: Path, postgres_url: str) -
     secrets = ["db-secret-pw", *json.loads((data / "broker" / "credentials.json").read_text()).values()]
     for secret in secrets:
         assert secret not in text and secret not in err
+
+
+def test_production_refuses_settings_that_are_only_safe_for_a_demo(tmp_path: Path) -> None:
+    import os
+
+    from cryptography.fernet import Fernet
+
+    from alarmcentre.config import Settings
+
+    env = {**os.environ, "ALARMCENTRE_ENV": "production"}
+    for name in [k for k in env if k.startswith("ALARMCENTRE_") and k != "ALARMCENTRE_ENV"]:
+        del env[name]
+    for command in ("up", "demo", "api", "scheduler"):
+        refused = subprocess.run([sys.executable, "-m", "alarmcentre.cli", command, "--data-dir", str(tmp_path)],
+                                 capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode == 2, (command, refused.stderr)
+        for words in ("PostgreSQL", "ALARMCENTRE_ACCESS_KEY", "SECURE_COOKIES"):
+            assert words in refused.stderr, (command, refused.stderr)
+        assert ("embedded broker" in refused.stderr) == (command in ("up", "demo"))
+        assert ("seeds known passwords" in refused.stderr) == (command == "demo")
+    assert not (tmp_path / "access.key").exists() and not list(tmp_path.glob("*.sqlite3")), "refused before anything"
+
+    safe = Settings(env="production", database_url="postgresql://alarmcentre:long-and-random@db/alarmcentre",
+                    mqtt_url="mqtt://alarmcentre:pw@broker:1884", access_key=Fernet.generate_key().decode(),
+                    secure_cookies=True)
+    assert safe.production_problems(command="up") == []
+    default_pw = safe.model_copy(update={"database_url": "postgresql://alarmcentre:alarmcentre@db/alarmcentre"})
+    assert any("default" in p for p in default_pw.production_problems(command="api"))
+    assert Settings(env="development").production_problems(command="demo") == []

@@ -48,12 +48,13 @@ def check_login(session: Session, *, username: str, password: str, address: str)
     """A login attempt from `address`, throttled (users/throttle.py): the user, or None for a wrong,
     unknown or throttled login alike, after the same hashing work. Counts in `session`: the caller
     commits it also when the login fails (an HTTP route answers 401 rather than raising)."""
-    if not throttle.count_attempt(session, username=username, address=address):
+    attempt = throttle.count_attempt(session, username=username, address=address)
+    if not attempt.allowed:
         _verify(_DUMMY_HASH, password)  # the same time as any other refusal
         return None
     user = authenticate(session, username=username, password=password)
     if user is not None:
-        throttle.succeeded(session, username=username, address=address)
+        throttle.succeeded(session, attempt)
     return user
 
 

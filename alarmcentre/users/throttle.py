@@ -100,13 +100,23 @@ def _locked_rows(session: Session, keys: Iterable[_Key], now: datetime) -> dict[
         .with_for_update().execution_options(populate_existing=True))}
 
 
-def count_attempt(session: Session, *, username: str, address: str) -> bool:
-    """Count one attempt as failed, before its password is checked; True when it may be checked now.
-    A successful login takes its count back (`succeeded`)."""
+@dataclass(frozen=True)
+class Attempt:
+    """One counted login attempt: whether its password may be checked, and under which keys it counted."""
+
+    allowed: bool
+    username: str
+    address: str
+    counted: tuple[ThrottleKind, ...]
+
+
+def count_attempt(session: Session, *, username: str, address: str) -> Attempt:
+    """Count one attempt as failed, before its password is checked. A successful login takes its
+    count back (`succeeded`)."""
     now = clock.now()
     keys = _keys(username, address)
     trusted = session.scalar(select(LoginThrottle.last_at).where(LoginThrottle.key == keys[ThrottleKind.TRUSTED].text))
-    applies = [ThrottleKind.PAIR] if trusted is not None and now - trusted < TRUST_FOR else list(FREE_FAILURES)
+    applies = (ThrottleKind.PAIR,) if trusted is not None and now - trusted < TRUST_FOR else tuple(FREE_FAILURES)
     rows = _locked_rows(session, (keys[kind] for kind in applies), now)
     allowed = True
     for kind in applies:
@@ -119,17 +129,18 @@ def count_attempt(session: Session, *, username: str, address: str) -> bool:
         row.last_at = now
         wait = wait_after(kind, row.failures)
         row.wait_until = now + wait if wait is not None else None
-    return allowed
+    return Attempt(allowed, username, address, applies)
 
 
-def succeeded(session: Session, *, username: str, address: str) -> None:
+def succeeded(session: Session, attempt: Attempt) -> None:
     """The password was right: this pair's failures are forgotten, the attempt is taken back from
-    the address and username counts, and the username is trusted at this address."""
+    the other counts it went into, and the username is trusted at this address from now on."""
     now = clock.now()
-    keys = _keys(username, address)
+    keys = _keys(attempt.username, attempt.address)
     session.execute(delete(LoginThrottle).where(LoginThrottle.key == keys[ThrottleKind.PAIR].text))
-    rows = _locked_rows(session, (keys[ThrottleKind.ADDRESS], keys[ThrottleKind.USER], keys[ThrottleKind.TRUSTED]), now)
-    for kind in (ThrottleKind.ADDRESS, ThrottleKind.USER):
+    others = [kind for kind in attempt.counted if kind != ThrottleKind.PAIR]
+    rows = _locked_rows(session, [keys[kind] for kind in others] + [keys[ThrottleKind.TRUSTED]], now)
+    for kind in others:
         row = rows[keys[kind].text]
         row.failures = max(row.failures - 1, 0)
         wait = wait_after(kind, row.failures)

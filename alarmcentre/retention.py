@@ -30,9 +30,10 @@ def _purge(factory: sessionmaker[Session], model: type[DeadLetter] | type[Device
     cutoff = clock.now() - timedelta(days=keep_days)
     removed = 0
     while True:
-        with transaction(factory, writes=True) as session:
+        with factory() as session:  # a look first: the write lock only when there is something to delete
             ids = list(session.scalars(select(model.id).where(model.received_at < cutoff).limit(CHUNK)))
-            if ids:
+        if ids:
+            with transaction(factory, writes=True) as session:
                 session.execute(delete(model).where(model.id.in_(ids)))
         removed += len(ids)
         if len(ids) < CHUNK:

@@ -57,8 +57,9 @@ def make_device(session: Session, serial: str, *, client: Client | None = None,
 
 
 def setup_devices(factory: sessionmaker[Session], serials: list[str], *, care_level: int = 2) -> None:
-    """One client per device, each device installed."""
-    with transaction(factory) as session:
+    """One client per device, each device installed. Takes SQLite's write lock first: a centre running
+    beside the test commits at any moment, which would fail a transaction that read before it writes."""
+    with transaction(factory, writes=True) as session:
         for serial in serials:
             make_device(session, serial, client=make_client(session, care_level=care_level))
 

@@ -44,7 +44,7 @@ Job = Callable[[Session, Settings, datetime], int]
 
 def run_job(factory: sessionmaker[Session], name: str, job: Job, *, settings: Settings) -> int:
     """Run one job in one transaction, unless another process is running it right now (PostgreSQL)."""
-    with transaction(factory) as session:
+    with transaction(factory, writes=True) as session:
         if session.get_bind().dialect.name == "postgresql":
             got = session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"),
                                  {"k": zlib.crc32(f"alarmcentre:{name}".encode())})
@@ -283,7 +283,7 @@ def republish_configs(factory: sessionmaker[Session], publisher: ConfigPublisher
     for device_id, serial, version, config in due:
         if not publisher.publish_config(serial, version, config):
             break  # the broker is away: try again next run
-        with transaction(factory) as session:
+        with transaction(factory, writes=True) as session:
             devices.mark_published(session, device_id=device_id, version=version)
         published += 1
     return published

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -105,3 +106,10 @@ def transaction(factory: sessionmaker[Session], *, writes: bool = False) -> Iter
         if writes:
             session.connection(execution_options={SQLITE_IMMEDIATE: True})
         yield session
+
+
+def error_reason(exc: DBAPIError) -> str:
+    """The database's own words for an error, first line only ("database is locked", "connection
+    refused"), for a log line that says why. SQLAlchemy's text would add the statement."""
+    text = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

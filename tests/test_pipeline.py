@@ -79,7 +79,7 @@ def press_becomes_one_incident(publisher: Publisher, client: TestClient, serial:
     publisher.publish(status_topic(serial), b"online", retain=True)
     started = time.monotonic()
     publisher.publish(events_topic(serial), event_payload(1, "button_press"))
-    wait_until(lambda: len(open_incidents_via_api(client, headers)) == 1, timeout=2.0)
+    wait_until(lambda: len(open_incidents_via_api(client, headers)) == 1, timeout=10.0)
     elapsed = time.monotonic() - started
     time.sleep(0.3)  # nothing more may arrive
     (incident,) = open_incidents_via_api(client, headers)
@@ -122,6 +122,39 @@ def test_press_on_embedded_defaults_becomes_one_incident(embedded_centre: Centre
     # The centre's own canary device sends test alarms too: count the pressed device's events.
     assert count(embedded_centre.db, DeviceEvent, DeviceEvent.device_id.in_(
         select(Device.id).where(Device.serial == "EMB-1"))) == 1
+
+
+def test_an_alarm_waits_for_another_sqlite_writer_instead_of_failing(embedded_centre: Centre) -> None:
+    """SQLite has one writer. An ingest batch that read while another part of the centre held the
+    write lock used to fail when that writer committed ("database is locked"), and waited for a
+    retry; it must take the lock first and wait its turn."""
+    assert embedded_centre.db is not None
+    setup_devices(embedded_centre.db.sessions, ["EMB-1"])
+    errors_before = metric("alarmcentre_ingest_database_errors_total")
+    other_writer = embedded_centre.db.engine.raw_connection()
+    holding = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        cursor = other_writer.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("UPDATE devices SET model = model WHERE serial = 'EMB-1'")
+        holding.set()
+        time.sleep(1.0)  # the alarm arrives meanwhile
+        cursor.execute("COMMIT")
+
+    writer = threading.Thread(target=hold_the_write_lock)
+    writer.start()
+    assert holding.wait(5)
+    publisher = Publisher(embedded_centre.device_url("EMB-1"), client_id="EMB-1")
+    try:
+        publisher.publish(events_topic("EMB-1"), event_payload(1, "button_press"))
+        writer.join(10)
+        wait_until(lambda: count(embedded_centre.db, DeviceEvent, DeviceEvent.device_id.in_(
+            select(Device.id).where(Device.serial == "EMB-1"))) == 1, timeout=10)
+    finally:
+        publisher.close()
+        other_writer.close()
+    assert metric("alarmcentre_ingest_database_errors_total") == errors_before
 
 
 # -- Mosquitto + PostgreSQL --------------------------------------------------------------

@@ -208,7 +208,7 @@ def sweep(factory: sessionmaker[Session], *, settings: Settings, limit: int = 20
     """Fire every due timer once; returns how many fired. Called by the scheduler every second."""
     fired = 0
     while fired < limit:
-        with transaction(factory) as session:
+        with transaction(factory, writes=True) as session:
             now = clock.now()
             due = session.scalars(
                 select(Timer).where(Timer.done_at.is_(None), Timer.due_at <= now)

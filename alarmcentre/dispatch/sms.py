@@ -154,7 +154,7 @@ class SmsSender:
         """Send what is due, one message per transaction; returns how many were handled."""
         handled = 0
         while handled < limit:
-            with transaction(self._factory) as session:
+            with transaction(self._factory, writes=True) as session:
                 now = clock.now()
                 message = session.scalar(
                     select(SmsMessage)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import clock, metrics
 from alarmcentre.config import Settings, get_settings
-from alarmcentre.db import transaction
+from alarmcentre.db import error_reason, transaction
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, process_message
 from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
 from alarmcentre.ingest.sessions import record_connect
@@ -285,7 +285,7 @@ class IngestConsumer:
         delay = 0.5
         while True:
             try:
-                with transaction(self._factory) as session:
+                with transaction(self._factory, writes=True) as session:
                     results = [process_message(session, message=item.message, settings=self._settings)
                                for item in batch]
                 if not self.database_ok:
@@ -297,8 +297,8 @@ class IngestConsumer:
                 self.database_ok = False
                 metrics.DATABASE_UP.set(0)
                 metrics.DATABASE_ERRORS.inc()
-                log.error("ingest: cannot commit %d messages (%s); retrying in %.1fs, nothing acknowledged",
-                          len(batch), type(exc.orig or exc).__name__, delay)
+                log.error("ingest: cannot commit %d messages (%s: %s); retrying in %.1fs, nothing acknowledged",
+                          len(batch), type(exc.orig or exc).__name__, error_reason(exc), delay)
             if self._stop.wait(delay):
                 return None
             delay = min(delay * 2, 15.0)

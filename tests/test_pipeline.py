@@ -232,7 +232,7 @@ def test_bad_payloads_through_the_broker_are_dead_lettered_and_the_consumer_goes
         publisher.close()
     wait_until(lambda: count(postgres_db, Incident) == 1, timeout=5)
     with postgres_db.sessions() as session:
-        reasons = [dl.reason for dl in session.scalars(select(DeadLetter).order_by(DeadLetter.id))]
+        reasons = [dl.reason for dl in session.scalars(select(DeadLetter).order_by(DeadLetter.received_at))]
     assert reasons == [reason for *_, reason in corpus]
     for *_, reason in corpus:
         assert metric("alarmcentre_ingest_messages_rejected_total", reason=reason) == before[reason] + 1, reason

@@ -42,7 +42,8 @@ def list_dead_letters(
     device_serial: Annotated[str | None, Query(pattern=f"^{DEVICE_ID_PATTERN}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetter]:
-    query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    # Newest received first: one batch stores its dead letters in the order its stages find them.
+    query = select(DeadLetter).order_by(DeadLetter.received_at.desc(), DeadLetter.id.desc()).limit(limit)
     if reason:
         query = query.where(DeadLetter.reason == reason)
     if device_serial:

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import clock, metrics
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.db import error_reason, transaction
-from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, process_message
+from alarmcentre.ingest.batch import process_batch
+from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
 from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
 from alarmcentre.ingest.sessions import record_connect
 
@@ -286,8 +287,7 @@ class IngestConsumer:
         while True:
             try:
                 with transaction(self._factory, writes=True) as session:
-                    results = [process_message(session, message=item.message, settings=self._settings)
-                               for item in batch]
+                    results = process_batch(session, [item.message for item in batch], settings=self._settings)
                 if not self.database_ok:
                     log.warning("ingest: database is back; committed %d held messages", len(batch))
                 self.database_ok = True

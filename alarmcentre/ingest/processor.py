@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from alarmcentre.canary import is_canary, record_beat
@@ -77,11 +77,17 @@ class Result:
 
 def process_message(session: Session, *, message: InboundMessage, settings: Settings | None = None) -> Result:
     """Record the effect of one message in `session` (not committed here)."""
-    settings = settings or get_settings()
     parsed = parse_message(message.topic, message.payload, received_at=message.received_at)
     if isinstance(parsed, Rejection):
-        return _dead_letter(session, message=message, reason=parsed.reason, detail=parsed.detail,
-                            device_serial=parsed.device_id)
+        return dead_letter(session, message=message, reason=parsed.reason, detail=parsed.detail,
+                           device_serial=parsed.device_id)
+    return process_parsed(session, message=message, parsed=parsed, settings=settings)
+
+
+def process_parsed(session: Session, *, message: InboundMessage, parsed: ParsedEvent | ParsedStatus,
+                   settings: Settings | None = None) -> Result:
+    """Record the effect of one valid message, in its own SAVEPOINT (the batch's other messages stay)."""
+    settings = settings or get_settings()
     try:
         with session.begin_nested():
             device = session.scalar(select(Device).where(Device.serial == parsed.device_id))
@@ -96,14 +102,12 @@ def process_message(session: Session, *, message: InboundMessage, settings: Sett
                 result = _apply_event(session, device, parsed, message.received_at, settings)
     except _Duplicate:
         return Result(Outcome.DUPLICATE, str(parsed.type) if isinstance(parsed, ParsedEvent) else "status")
-    except DBAPIError as exc:
-        if isinstance(exc, IntegrityError):
-            return _internal_error(session, message, exc)
-        raise  # the database is unreachable or failing: the whole batch is retried
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable, locked or failing: the whole batch is retried
     except Exception as exc:  # noqa: BLE001  (principle: never raise out of the consumer)
         return _internal_error(session, message, exc)
     if rejection is not None:
-        return _dead_letter(session, message=message, reason=rejection[0], detail=rejection[1],
+        return dead_letter(session, message=message, reason=rejection[0], detail=rejection[1],
                             device_serial=parsed.device_id)
     return result
 
@@ -139,6 +143,10 @@ def _apply_event(
             session.add(row)
             session.flush()
     except IntegrityError as exc:
+        # Only the (device, seq) key makes it a redelivery; any other refusal is a fault to dead-letter.
+        if session.scalar(select(DeviceEvent.id).where(DeviceEvent.device_id == device.id,
+                                                       DeviceEvent.seq == parsed.event.seq)) is None:
+            raise
         raise _Duplicate() from exc
 
     result = Result(Outcome.ACCEPTED, parsed.type.value, clock_skewed=parsed.clock_skewed,
@@ -220,7 +228,8 @@ def _update_device_state(
             device.config_error = f"version {event.version}: {event.reason}"[:500]  # type: ignore[attr-defined]
             device.config_failed_version = event.version  # type: ignore[attr-defined]
         case EventType.TAMPER:
-            device.tamper_at = occurred_at
+            if _newer(occurred_at, device.tamper_at):
+                device.tamper_at = occurred_at
         case EventType.TEST_CALL:
             device.last_test_call_at = _later(device.last_test_call_at, occurred_at)
         case EventType.CARER_ARRIVED | EventType.CARER_DEPARTED:
@@ -242,7 +251,7 @@ def _set_battery(session: Session, device: Device, level: int, low_flag: bool | 
     device.battery_at = at
 
 
-def _dead_letter(
+def dead_letter(
     session: Session, *, message: InboundMessage, reason: str, detail: str, device_serial: str | None
 ) -> Result:
     session.add(
@@ -262,7 +271,7 @@ def _dead_letter(
 def _internal_error(session: Session, message: InboundMessage, exc: BaseException) -> Result:
     log.error("ingest: could not apply a message on %s: %r", message.topic[:120], exc, exc_info=exc)
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return _dead_letter(session, message=message, reason=INTERNAL_ERROR, detail=detail, device_serial=None)
+    return dead_letter(session, message=message, reason=INTERNAL_ERROR, detail=detail, device_serial=None)
 
 
 def _later(current: datetime | None, candidate: datetime) -> datetime:
@@ -273,4 +282,4 @@ def _newer(candidate: datetime, current: datetime | None) -> bool:
     return current is None or candidate >= current
 
 
-__all__ = ["InboundMessage", "Outcome", "Result", "process_message"]
+__all__ = ["InboundMessage", "Outcome", "Result", "dead_letter", "process_message", "process_parsed"]

@@ -1,0 +1,269 @@
+"""Apply a batch of device messages with a fixed number of statements, whatever its size.
+
+Most traffic is heartbeats, battery reports and online/offline statuses: they change a device's
+state and add history, nothing else. Those go the set-based way, in this order:
+
+1. every message is validated in Python first; a bad one becomes a dead letter, its neighbours go on;
+2. one SELECT loads the batch's devices (locked on PostgreSQL, in id order, so that concurrent
+   ingest workers wait for each other instead of overwriting each other's state);
+3. one INSERT … ON CONFLICT DO NOTHING RETURNING records the events and tells which (device, seq)
+   pairs are new; the rest are redeliveries, inside this batch or from an earlier one;
+4. the devices' new state is worked out in Python, message by message in arrival order, keeping the
+   newest value of each field (an old buffered event never moves state backwards); then one UPDATE
+   (executed for every changed device) and one INSERT each for battery and signal history.
+
+Everything that needs the domain (an alarm raising or cancelling an incident, a test call counting as
+contact, a configuration report, a carer visit) goes through `processor.process_parsed`, one message
+at a time, after the set-based part and in the same transaction.
+
+A database error in the set-based part that is about the data, not the database (a constraint, a
+value out of range), rolls back to a savepoint and the same messages are applied one at a time, each
+in its own savepoint, so the one that fails is dead-lettered alone. An error of the database itself
+(connection lost, locked, deadlock) is raised: the consumer retries the whole batch, acknowledging
+nothing meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Insert, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from alarmcentre.config import Settings, get_settings
+from alarmcentre.devices.models import BatteryReading, Device, DeviceEvent, DeviceStatus, SignalReading
+from alarmcentre.ingest.processor import (
+    RSSI_HISTORY_STEP,
+    InboundMessage,
+    Outcome,
+    Result,
+    dead_letter,
+    process_parsed,
+)
+from alarmcentre.ingest.protocol import (
+    EventType,
+    ParsedEvent,
+    ParsedStatus,
+    Rejection,
+    RejectReason,
+    event_details,
+    event_time,
+    parse_message,
+)
+
+log = logging.getLogger(__name__)
+
+# Event types that only change device state and history: the set-based path takes them.
+STATE_ONLY_TYPES = frozenset(
+    {EventType.HEARTBEAT, EventType.BATTERY, EventType.POWER_LOST, EventType.POWER_RESTORED, EventType.TAMPER}
+)
+
+_DEVICES: Table = Device.__table__  # type: ignore[assignment]
+_EVENTS: Table = DeviceEvent.__table__  # type: ignore[assignment]
+_BATTERY: Table = BatteryReading.__table__  # type: ignore[assignment]
+_SIGNAL: Table = SignalReading.__table__  # type: ignore[assignment]
+
+# The device columns the set-based path reads and may write.
+_STATE_COLUMNS = ("online", "online_changed_at", "last_seen_at", "battery_level", "battery_low",
+                  "battery_at", "rssi", "mains_power", "mains_changed_at", "tamper_at")
+
+
+def process_batch(session: Session, messages: Sequence[InboundMessage], *,
+                  settings: Settings | None = None) -> list[Result]:
+    """Record the effect of `messages` in `session` (not committed here); one Result per message, in order."""
+    settings = settings or get_settings()
+    results: list[Result | None] = [None] * len(messages)
+    valid: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    for index, message in enumerate(messages):
+        parsed = parse_message(message.topic, message.payload, received_at=message.received_at)
+        if isinstance(parsed, Rejection):
+            results[index] = dead_letter(session, message=message, reason=parsed.reason, detail=parsed.detail,
+                                         device_serial=parsed.device_id)
+        else:
+            valid.append((index, parsed))
+    # A device with anything for the domain in this batch keeps all its messages in arrival order, one
+    # by one: its "offline" status after its button press must leave it offline.
+    needs_domain = {parsed.device_id for _, parsed in valid if not _state_only(parsed)}
+    set_based: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    one_by_one: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    for index, parsed in valid:
+        (one_by_one if parsed.device_id in needs_domain else set_based).append((index, parsed))
+
+    if set_based:
+        try:
+            with session.begin_nested():
+                for index, result in _apply_set_based(session, messages, set_based, settings).items():
+                    results[index] = result
+        except (OperationalError, InterfaceError):
+            raise  # the database itself: the whole batch is retried
+        except Exception as exc:  # noqa: BLE001  (a message's data or our bug: find the message)
+            log.warning("ingest: %d state messages failed as a set (%s); applying them one by one",
+                        len(set_based), type(getattr(exc, "orig", None) or exc).__name__)
+            one_by_one.extend(set_based)
+    for index, parsed in sorted(one_by_one, key=lambda item: item[0]):
+        results[index] = process_parsed(session, message=messages[index], parsed=parsed, settings=settings)
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
+
+
+def _state_only(parsed: ParsedEvent | ParsedStatus) -> bool:
+    return isinstance(parsed, ParsedStatus) or parsed.type in STATE_ONLY_TYPES
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    """One device's row as loaded, and as it will be written."""
+
+    id: int
+    status: str
+    values: dict[str, Any]
+    changed: bool = False
+    battery_rows: list[dict[str, Any]] = field(default_factory=list)
+    signal_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def set(self, column: str, value: Any) -> None:
+        if self.values[column] != value:
+            self.values[column] = value
+            self.changed = True
+
+    def seen(self, at: datetime) -> None:
+        if _newer(at, self.values["last_seen_at"]):
+            self.set("last_seen_at", at)
+
+
+def _apply_set_based(session: Session, messages: Sequence[InboundMessage],
+                     items: list[tuple[int, ParsedEvent | ParsedStatus]], settings: Settings) -> dict[int, Result]:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    serials = sorted({parsed.device_id for _, parsed in items})
+    query = (select(_DEVICES.c.id, _DEVICES.c.serial, _DEVICES.c.status, *(_DEVICES.c[c] for c in _STATE_COLUMNS))
+             .where(_DEVICES.c.serial.in_(serials)).order_by(_DEVICES.c.id))
+    if postgres:
+        query = query.with_for_update()
+    devices: dict[str, _DeviceState] = {}
+    for row in session.execute(query).mappings():
+        devices[row["serial"]] = _DeviceState(row["id"], row["status"], {c: row[c] for c in _STATE_COLUMNS})
+
+    results: dict[int, Result] = {}
+    accepted: list[tuple[int, _DeviceState, ParsedEvent | ParsedStatus]] = []
+    new_events: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+    for index, parsed in items:
+        message = messages[index]
+        device = devices.get(parsed.device_id)
+        if device is None or device.status == DeviceStatus.RETIRED:
+            reason, detail = ((RejectReason.UNKNOWN_DEVICE, "no device registered with this serial") if device is None
+                              else (RejectReason.INACTIVE_DEVICE, "device is retired"))
+            results[index] = dead_letter(session, message=message, reason=reason, detail=detail,
+                                         device_serial=parsed.device_id)
+            continue
+        if isinstance(parsed, ParsedEvent):
+            key = (device.id, parsed.event.seq)
+            if key in new_events:  # the same message twice in one batch
+                results[index] = Result(Outcome.DUPLICATE, parsed.type.value)
+                continue
+            new_events[key] = (index, {
+                "device_id": device.id, "seq": parsed.event.seq, "type": parsed.type.value,
+                "occurred_at": event_time(parsed, message.received_at), "received_at": message.received_at,
+                "clock_skewed": parsed.clock_skewed, "details": event_details(parsed),
+            })
+        accepted.append((index, device, parsed))
+
+    inserted = _insert_new_events(session, [row for _, row in new_events.values()], postgres=postgres)
+    for index, device, parsed in accepted:
+        message = messages[index]
+        if isinstance(parsed, ParsedStatus):
+            _apply_status(device, parsed, message.received_at)
+            results[index] = Result(Outcome.ACCEPTED, "status")
+        elif (device.id, parsed.event.seq) not in inserted:
+            results[index] = Result(Outcome.DUPLICATE, parsed.type.value)
+        else:
+            occurred_at = new_events[(device.id, parsed.event.seq)][1]["occurred_at"]
+            device.seen(message.received_at)
+            if not device.values["online"]:
+                device.set("online", True)
+                device.set("online_changed_at", message.received_at)
+            _apply_state(device, parsed, occurred_at, settings)
+            results[index] = Result(Outcome.ACCEPTED, parsed.type.value, clock_skewed=parsed.clock_skewed,
+                                    occurred_at=occurred_at)
+
+    changed = [device for device in devices.values() if device.changed]
+    if changed:
+        statement = (update(_DEVICES).where(_DEVICES.c.id == bindparam("device_pk"))
+                     .values({c: bindparam(f"new_{c}") for c in _STATE_COLUMNS}))
+        session.execute(statement, [{"device_pk": device.id, **{f"new_{c}": device.values[c] for c in _STATE_COLUMNS}}
+                                    for device in changed])
+    battery_rows = [row for device in devices.values() for row in device.battery_rows]
+    if battery_rows:
+        session.execute(_BATTERY.insert(), battery_rows)
+    signal_rows = [row for device in devices.values() for row in device.signal_rows]
+    if signal_rows:
+        session.execute(_SIGNAL.insert(), signal_rows)
+    return results
+
+
+def _insert_new_events(session: Session, rows: list[dict[str, Any]], *, postgres: bool) -> set[tuple[int, int]]:
+    """Insert what is new; returns the (device_id, seq) pairs that were."""
+    if not rows:
+        return set()
+    insert: Insert = (postgresql.insert(_EVENTS) if postgres else sqlite.insert(_EVENTS))  # type: ignore[assignment]
+    statement = (insert.values(rows).on_conflict_do_nothing(index_elements=["device_id", "seq"])  # type: ignore[attr-defined]
+                 .returning(_EVENTS.c.device_id, _EVENTS.c.seq))
+    return {(device_id, seq) for device_id, seq in session.execute(statement)}
+
+
+def _apply_status(device: _DeviceState, parsed: ParsedStatus, received_at: datetime) -> None:
+    if device.values["online"] != parsed.online:
+        device.set("online", parsed.online)
+        device.set("online_changed_at", received_at)
+    if parsed.online:
+        device.seen(received_at)
+
+
+def _apply_state(device: _DeviceState, parsed: ParsedEvent, occurred_at: datetime, settings: Settings) -> None:
+    """The same rules as processor._update_device_state, on the loaded row: newest value wins."""
+    event: Any = parsed.event
+    values = device.values
+    match parsed.type:
+        case EventType.HEARTBEAT:
+            if event.battery is not None and _newer(occurred_at, values["battery_at"]):
+                _set_battery(device, event.battery, None, occurred_at, settings.battery_low_percent)
+            if event.rssi is not None:
+                if values["rssi"] is None or abs(event.rssi - values["rssi"]) >= RSSI_HISTORY_STEP:
+                    device.signal_rows.append({"device_id": device.id, "at": occurred_at, "rssi": event.rssi})
+                device.set("rssi", event.rssi)
+            if (event.mains is not None and event.mains != values["mains_power"]
+                    and _newer(occurred_at, values["mains_changed_at"])):
+                device.set("mains_power", event.mains)
+                device.set("mains_changed_at", occurred_at)
+        case EventType.BATTERY:
+            if _newer(occurred_at, values["battery_at"]):
+                _set_battery(device, event.level, event.low, occurred_at, settings.battery_low_percent)
+        case EventType.POWER_LOST | EventType.POWER_RESTORED:
+            if _newer(occurred_at, values["mains_changed_at"]):
+                device.set("mains_power", parsed.type == EventType.POWER_RESTORED)
+                device.set("mains_changed_at", occurred_at)
+        case EventType.TAMPER:
+            if _newer(occurred_at, values["tamper_at"]):
+                device.set("tamper_at", occurred_at)
+
+
+def _set_battery(device: _DeviceState, level: int, low_flag: bool | None, at: datetime, low_below: int) -> None:
+    low = bool(low_flag) or level < low_below
+    # History keeps changes only: a heartbeat a minute must not write a row a minute.
+    if level != device.values["battery_level"] or low != device.values["battery_low"]:
+        device.battery_rows.append({"device_id": device.id, "at": at, "level": level, "low": low})
+    device.set("battery_level", level)
+    device.set("battery_low", low)
+    device.set("battery_at", at)
+
+
+def _newer(candidate: datetime, current: datetime | None) -> bool:
+    return current is None or candidate >= current
+
+
+__all__ = ["STATE_ONLY_TYPES", "process_batch"]

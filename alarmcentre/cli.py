@@ -195,15 +195,14 @@ def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.health import HealthChecks, database_check, ingest_checks
-    from alarmcentre.ingest.consumer import IngestConsumer
+    from alarmcentre.ingest.consumer import Ingest
     from alarmcentre.runtime import Database, start_metrics_server
 
     if not settings.mqtt_url:
         raise _UsageError("ingest needs a broker: --mqtt-url or ALARMCENTRE_MQTT_URL")
     db = Database.open(settings)
-    consumer = IngestConsumer(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
-                              client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max,
-                              settings=settings)
+    consumer = Ingest(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
+                      client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max, settings=settings)
     checks = HealthChecks({"database": database_check(db.sessions),
                            **ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s)})
     start_metrics_server(settings, checks)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import __version__
 
 if TYPE_CHECKING:
-    from alarmcentre.ingest.consumer import IngestConsumer
+    from alarmcentre.ingest.consumer import Ingest, IngestConsumer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def database_check(factory: sessionmaker[Session]) -> HealthCheck:
 SESSION_LOST_UNREADY_S = 600.0  # how long /readyz names a lost broker session
 
 
-def ingest_checks(consumer: IngestConsumer, *, max_lag_s: float) -> dict[str, HealthCheck]:
+def ingest_checks(consumer: Ingest | IngestConsumer, *, max_lag_s: float) -> dict[str, HealthCheck]:
     """"broker": the ingest holds its broker connection, and has not come back to a lost session
     in the last SESSION_LOST_UNREADY_S; "ingest": it commits, and nothing it received has waited
     longer than `max_lag_s` uncommitted."""

@@ -30,7 +30,8 @@ INGEST_QUEUE = Gauge("alarmcentre_ingest_queue_depth", "Messages received, not y
 # Every process exports every metric (one registry), so the ingest gauges below read 0 in an API or
 # scheduler process too; alert rules join on this one to look only where an ingest runs.
 INGEST_RUNNING = Gauge(
-    "alarmcentre_ingest_running", "Ingest consumers running in this process (the other ingest gauges count only here)"
+    "alarmcentre_ingest_running",
+    "Ingest lanes running in this process, 2 per ingest (the other ingest gauges count only here)"
 )
 BROKER_CONNECTED = Gauge("alarmcentre_broker_connected", "1 while the ingest is connected to the broker")
 BROKER_DISCONNECTS = Counter("alarmcentre_broker_disconnects_total", "Lost broker connections")

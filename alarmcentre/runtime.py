@@ -145,7 +145,7 @@ class Centre:
     def start(self) -> Centre:
         from alarmcentre.app import create_app
         from alarmcentre.devices.publisher import ConfigPublisher
-        from alarmcentre.ingest.consumer import IngestConsumer
+        from alarmcentre.ingest.consumer import Ingest
         from alarmcentre.scheduler import build_scheduler, readiness_check
 
         settings = self.settings
@@ -169,7 +169,7 @@ class Centre:
                 canary_url = creds.url(settings.canary_serial, self.broker.host, self.broker.port)
                 self.settings = settings = settings.model_copy(update={"canary_mqtt_url": canary_url})
 
-        self.consumer = consumer = IngestConsumer(
+        self.consumer = consumer = Ingest(
             mqtt_url=self.mqtt_url, session_factory=db.sessions, client_id=settings.mqtt_client_id,
             batch_max=settings.ingest_batch_max, settings=settings,
         )

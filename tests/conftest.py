@@ -397,8 +397,8 @@ def start_alarmcentre(command: str, env: dict[str, str], log: Path) -> subproces
 
 
 def ingest_subscribed(log: Path) -> bool:
-    """The ingest made its persistent session and subscription (before a burst, or it misses it)."""
-    return log.exists() and "subscribed to device events" in log.read_text()
+    """The ingest made its persistent sessions and subscriptions, both lanes (before a burst, or it misses it)."""
+    return log.exists() and log.read_text().count("ingest: subscribed as") >= 2
 
 
 @dataclass

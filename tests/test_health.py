@@ -192,7 +192,7 @@ def test_standalone_ingest_and_scheduler_serve_healthz_and_readyz(
         wait_until(lambda: get(ingest_url + "/readyz")[0] == 200, timeout=30, step=0.1)
         assert ready(ingest_url) == {"database": "ok", "broker": "ok", "ingest": "ok"}
         status, body = get(ingest_url + "/metrics")
-        assert status == 200 and "alarmcentre_ingest_running 1.0" in body
+        assert status == 200 and "alarmcentre_ingest_running 2.0" in body  # two lanes
 
         wait_until(lambda: get(scheduler_url + "/readyz")[0] == 200, timeout=30, step=0.1)
         assert ready(scheduler_url) == {"database": "ok", "scheduler": "ok"}

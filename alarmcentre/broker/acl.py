@@ -38,6 +38,7 @@ def centre_acl_text() -> str:
 # The centre reads what devices send and writes what devices read.
 user {CENTRE_USER}
 topic read {p}/+/events
+topic read {p}/+/alarms
 topic read {p}/+/status
 topic write {p}/+/config
 topic write {p}/+/commands
@@ -50,6 +51,7 @@ def device_acl_text() -> str:
     return f"""\
 # Every device logs in with its serial as username: its own topics only.
 pattern write {p}/%u/events
+pattern write {p}/%u/alarms
 pattern write {p}/%u/status
 pattern read {p}/%u/config
 pattern read {p}/%u/commands

@@ -211,9 +211,11 @@ def _insert_new_events(session: Session, rows: list[dict[str, Any]], *, postgres
     if not rows:
         return set()
     insert: Insert = (postgresql.insert(_EVENTS) if postgres else sqlite.insert(_EVENTS))  # type: ignore[assignment]
-    statement = (insert.values(rows).on_conflict_do_nothing(index_elements=["device_id", "seq"])  # type: ignore[attr-defined]
+    statement = (insert.on_conflict_do_nothing(index_elements=["device_id", "seq"])  # type: ignore[attr-defined]
                  .returning(_EVENTS.c.device_id, _EVENTS.c.seq))
-    return {(device_id, seq) for device_id, seq in session.execute(statement)}
+    # Executed with a list of rows, SQLAlchemy sends one multi-row INSERT per page of rows
+    # ("insertmanyvalues") and compiles the statement once; .values(rows) would compile every batch.
+    return {(device_id, seq) for device_id, seq in session.execute(statement, rows)}
 
 
 def _apply_status(device: _DeviceState, parsed: ParsedStatus, received_at: datetime) -> None:

@@ -4,7 +4,11 @@ Why paho-mqtt and not aiomqtt: paho has manual acknowledgement (`manual_ack=True
 so a PUBACK leaves only after the message's effect is committed. aiomqtt acknowledges
 on receipt and its bounded queue drops silently when full; either loses alarms on a crash.
 
-Threads: paho's network loop thread puts messages on a queue; one worker thread drains
+The ingest runs two lanes (`Ingest`), each an `IngestConsumer` with its own broker session: alarms
+(their own topic, small batches) and the bulk of traffic (events and statuses). The broker queues each
+session apart, so an alarm never waits behind a backlog of heartbeats, there or here.
+
+Threads, per lane: paho's network loop thread puts messages on a queue; one worker thread drains
 it in batches, commits each batch in one transaction, and acknowledges the batch. The
 queue is small (two batches): when the worker falls behind, paho's thread waits for room and
 the broker holds the rest (backpressure, no buffering without limit). If the database is
@@ -20,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -32,7 +37,7 @@ from alarmcentre.config import Settings, get_settings
 from alarmcentre.db import error_reason, transaction
 from alarmcentre.ingest.batch import process_batch
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
-from alarmcentre.ingest.protocol import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
+from alarmcentre.ingest.protocol import ALARMS_SUBSCRIPTION, EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
 from alarmcentre.ingest.sessions import record_connect
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,23 @@ log = logging.getLogger(__name__)
 # and the backlog stays in the broker (persisted) instead of in this process. Small, so that an
 # alarm waits behind at most two batches of heartbeats.
 QUEUE_BATCHES = 2
+
+BULK_SUBSCRIPTIONS = (EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION)
+ALARM_SUBSCRIPTIONS = (ALARMS_SUBSCRIPTION,)
+# Alarms come one by one; a small batch bounds what one slow commit holds back.
+ALARM_BATCH_MAX = 50
+
+_live: set[IngestConsumer] = set()  # every running consumer of this process, for the shared gauges
+_live_lock = threading.Lock()
+
+
+def _update_gauges() -> None:
+    """The broker gauge reads 1 only while every lane of this process is connected; the queue gauge
+    counts every lane's waiting messages."""
+    with _live_lock:
+        consumers = list(_live)
+    metrics.BROKER_CONNECTED.set(1 if consumers and all(c.connected for c in consumers) else 0)
+    metrics.INGEST_QUEUE.set(sum(c.pending for c in consumers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +114,7 @@ class IngestConsumer:
         mqtt_url: str,
         session_factory: sessionmaker[Session],
         client_id: str = "alarmcentre-ingest",
+        subscriptions: tuple[str, ...] = BULK_SUBSCRIPTIONS,
         batch_max: int = 500,
         on_committed: Callable[[list[Result]], None] | None = None,
         settings: Settings | None = None,
@@ -100,6 +123,7 @@ class IngestConsumer:
         self.endpoint = MqttEndpoint.parse(mqtt_url)
         self._factory = session_factory
         self._batch_max = batch_max
+        self._subscriptions = subscriptions
         self._on_committed = on_committed
         self._queue: queue.Queue[_Received] = queue.Queue(maxsize=QUEUE_BATCHES * batch_max)
         self._stop = threading.Event()
@@ -135,12 +159,14 @@ class IngestConsumer:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        log.info("ingest: connecting to %s as %s", self.endpoint.safe(), self._client._client_id.decode())
-        metrics.BROKER_CONNECTED.set(0)
+        log.info("ingest: connecting to %s as %s", self.endpoint.safe(), self.client_id)
         metrics.DATABASE_UP.set(1)
         metrics.INGEST_RUNNING.inc()
         self._running = True
-        self._worker = threading.Thread(target=self._work, name="ingest-worker", daemon=True)
+        with _live_lock:
+            _live.add(self)
+        _update_gauges()
+        self._worker = threading.Thread(target=self._work, name=f"ingest-worker {self.client_id}", daemon=True)
         self._worker.start()
         # connect_async + loop_start: paho retries the first connection and every later one.
         self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
@@ -153,10 +179,17 @@ class IngestConsumer:
             self._worker.join(timeout)
         self._client.disconnect()
         self._client.loop_stop()
-        metrics.BROKER_CONNECTED.set(0)
+        self._connected.clear()
+        with _live_lock:
+            _live.discard(self)
+        _update_gauges()
         if self._running:
             self._running = False
             metrics.INGEST_RUNNING.dec()
+
+    @property
+    def client_id(self) -> str:
+        return self._client._client_id.decode()
 
     def wait_connected(self, timeout: float) -> bool:
         """Connected and subscribed: from now on the broker keeps every device message for us."""
@@ -196,19 +229,19 @@ class IngestConsumer:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
         self._generation += 1
-        metrics.BROKER_CONNECTED.set(1)
         log.info("ingest: connected to %s (session present: %s)", self.endpoint.safe(), flags.session_present)
         self._check_session(flags.session_present)
         if not flags.session_present:
             # A new session: subscribe, and count as connected only once the broker confirms it
             # (a message published before that would not be kept for us). An existing session keeps
             # its subscriptions, and re-subscribing would replay every device's retained status.
-            client.subscribe([(EVENTS_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
+            client.subscribe([(topic, 1) for topic in self._subscriptions])
         else:
             self._connected.set()
+            _update_gauges()
 
     def _check_session(self, session_present: bool) -> None:
-        client_id = self._client._client_id.decode()
+        client_id = self.client_id
         try:
             with transaction(self._factory, writes=True) as session:
                 lost = record_connect(session, client_id=client_id, session_present=session_present)
@@ -229,13 +262,14 @@ class IngestConsumer:
         if failed:
             log.error("ingest: the broker refused the subscription to device topics: %s", failed)
         else:
-            log.info("ingest: subscribed to device events and statuses")
+            log.info("ingest: subscribed as %s to %s", self.client_id, ", ".join(self._subscriptions))
             self._connected.set()
+            _update_gauges()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                        reason_code: object, _properties: object) -> None:
         self._connected.clear()
-        metrics.BROKER_CONNECTED.set(0)
+        _update_gauges()
         if not self._stop.is_set():
             metrics.BROKER_DISCONNECTS.inc()
             log.warning("ingest: lost the broker (%s); reconnecting by itself", reason_code)
@@ -257,7 +291,7 @@ class IngestConsumer:
                 break
             except queue.Full:
                 continue
-        metrics.INGEST_QUEUE.set(self.pending)
+        _update_gauges()
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -315,7 +349,7 @@ class IngestConsumer:
         now = clock.now()
         self.last_commit_at = time.time()
         metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
-        metrics.INGEST_QUEUE.set(self.pending)
+        _update_gauges()
         for item, result in zip(batch, results, strict=True):
             metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
             if result.outcome is Outcome.ACCEPTED:
@@ -335,3 +369,62 @@ class IngestConsumer:
                 self._on_committed(results)
             except Exception:  # a listener's bug must not stop the ingest
                 log.exception("ingest: on_committed listener failed")
+
+
+class Ingest:
+    """The ingest of one process: the alarm lane and the bulk lane, started and stopped together.
+
+    Each lane is a consumer with a broker session of its own (client ids `<client_id>-alarms` and
+    `<client_id>`), a queue and a worker thread: a backlog of heartbeats fills the bulk lane's
+    session in the broker and its queue here, while an alarm goes by the other lane."""
+
+    def __init__(self, *, mqtt_url: str, session_factory: sessionmaker[Session], client_id: str = "alarmcentre-ingest",
+                 batch_max: int = 500, on_committed: Callable[[list[Result]], None] | None = None,
+                 settings: Settings | None = None) -> None:
+        common: dict[str, Any] = {"mqtt_url": mqtt_url, "session_factory": session_factory,
+                                  "on_committed": on_committed, "settings": settings}
+        self.alarms = IngestConsumer(client_id=f"{client_id}-alarms", subscriptions=ALARM_SUBSCRIPTIONS,
+                                     batch_max=min(batch_max, ALARM_BATCH_MAX), **common)
+        self.bulk = IngestConsumer(client_id=client_id, subscriptions=BULK_SUBSCRIPTIONS, batch_max=batch_max,
+                                   **common)
+        self.lanes = (self.alarms, self.bulk)
+        self.endpoint = self.bulk.endpoint
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for lane in self.lanes:
+            lane.stop(timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(lane.wait_connected(max(deadline - time.monotonic(), 0.0)) for lane in self.lanes)
+
+    @property
+    def connected(self) -> bool:
+        return all(lane.connected for lane in self.lanes)
+
+    @property
+    def pending(self) -> int:
+        return sum(lane.pending for lane in self.lanes)
+
+    @property
+    def worker_alive(self) -> bool:
+        return all(lane.worker_alive for lane in self.lanes)
+
+    @property
+    def database_ok(self) -> bool:
+        return all(lane.database_ok for lane in self.lanes)
+
+    @property
+    def last_commit_at(self) -> float | None:
+        return max((lane.last_commit_at for lane in self.lanes if lane.last_commit_at is not None), default=None)
+
+    @property
+    def session_lost_at(self) -> float | None:
+        return max((lane.session_lost_at for lane in self.lanes if lane.session_lost_at is not None), default=None)
+
+    def waiting_age(self) -> float | None:
+        return max((age for lane in self.lanes if (age := lane.waiting_age()) is not None), default=None)

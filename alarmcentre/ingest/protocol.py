@@ -19,16 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 TOPIC_PREFIX = "alarmcentre/v1/devices"
 EVENTS_SUBSCRIPTION = f"{TOPIC_PREFIX}/+/events"
 STATUS_SUBSCRIPTION = f"{TOPIC_PREFIX}/+/status"
+# The alarm lane: the same events, for the types below only. The broker keeps it in a queue of its own
+# and the ingest reads it on a connection of its own, so an alarm never waits behind heartbeats.
+ALARMS_SUBSCRIPTION = f"{TOPIC_PREFIX}/+/alarms"
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 # Serials: letters, digits, '-', '_' (no MQTT wildcards or separators).
 DEVICE_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
-_TOPIC_RE = re.compile(rf"^{re.escape(TOPIC_PREFIX)}/({DEVICE_ID_PATTERN})/(events|status)$")
+_TOPIC_RE = re.compile(rf"^{re.escape(TOPIC_PREFIX)}/({DEVICE_ID_PATTERN})/(events|alarms|status)$")
 
 
 def events_topic(device_id: str) -> str:
     return f"{TOPIC_PREFIX}/{device_id}/events"
+
+
+def alarms_topic(device_id: str) -> str:
+    return f"{TOPIC_PREFIX}/{device_id}/alarms"
 
 
 def status_topic(device_id: str) -> str:
@@ -68,6 +75,11 @@ PERSON_INITIATED_TYPES = frozenset(
 )
 
 
+# What the alarm lane carries: everything that raises or changes an incident, and mains power (a device
+# on its battery has hours left). On the events topic these are accepted too (devices of protocol 1.0).
+ALARM_LANE_TYPES = ALARM_TYPES | frozenset({EventType.CANCEL, EventType.POWER_LOST, EventType.POWER_RESTORED})
+
+
 class RejectReason(StrEnum):
     """Every way a message can be refused; each is a dead letter and a metric label."""
 
@@ -78,6 +90,7 @@ class RejectReason(StrEnum):
     NOT_OBJECT = "not_object"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_SCHEMA = "invalid_schema"
+    NOT_AN_ALARM = "not_an_alarm"  # a heartbeat or report on the alarm lane, which only alarms may use
     DEVICE_MISMATCH = "device_mismatch"
     CLOCK_SKEW = "clock_skew"
     BAD_STATUS = "bad_status"
@@ -209,6 +222,9 @@ def parse_message(topic: str, payload: bytes, *, received_at: datetime) -> Parse
             device_id,
         )
     etype = EventType(event.type)
+    if kind == "alarms" and etype not in ALARM_LANE_TYPES:
+        return Rejection(RejectReason.NOT_AN_ALARM,
+                         f"type {etype.value!r} belongs on {events_topic(device_id)}, not on the alarm lane", device_id)
     skewed = event.ts - received_at > MAX_FUTURE_SKEW
     if skewed and etype not in ALARM_TYPES:
         return Rejection(

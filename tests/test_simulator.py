@@ -159,7 +159,7 @@ class Recorder:
     def events(self, device: str | None = None, type_: str | None = None) -> list[Received]:
         return [
             m for m in self.snapshot()
-            if m.kind == "events" and (device is None or m.device == device)
+            if m.kind in ("events", "alarms") and (device is None or m.device == device)
             and (type_ is None or m.event().get("type") == type_)
         ]
 
@@ -374,7 +374,7 @@ def test_config_is_applied_once_and_bad_config_refused(
     broker_url: str, recorder_factory: Callable[..., Recorder]
 ) -> None:
     dev = f"C{_uid()}-1"
-    rec = recorder_factory(f"alarmcentre/v1/devices/{dev}/events")
+    rec = recorder_factory(f"alarmcentre/v1/devices/{dev}/+")
     # Retained before the device exists, as the centre leaves it for a device that is off.
     config = {"version": 3, "heartbeat_interval": 1, "led": "on"}  # unknown settings are ignored
     rec.publish(config_topic(dev), json.dumps(config), retain=True)
@@ -415,7 +415,7 @@ def test_test_call_command_is_answered_and_unknown_ignored(
     broker_url: str, recorder_factory: Callable[..., Recorder]
 ) -> None:
     dev = f"M{_uid()}-1"
-    rec = recorder_factory(f"alarmcentre/v1/devices/{dev}/events")
+    rec = recorder_factory(f"alarmcentre/v1/devices/{dev}/+")
     fleet = Fleet(broker_url, [dev], heartbeat_interval=None, battery_drain=0)
     fleet.start_in_thread()
     try:
@@ -432,6 +432,23 @@ def test_test_call_command_is_answered_and_unknown_ignored(
         stats = fleet.stop()
     assert stats.received["commands"] == 3
     assert stats.published["test_call"] == 1 and stats.total_failed == 0
+
+
+def test_alarms_go_on_the_alarm_lane_and_legacy_devices_send_them_with_the_events(
+    broker_url: str, recorder_factory: Callable[..., Recorder]
+) -> None:
+    dev = f"L{_uid()}-1"
+    rec = recorder_factory(f"alarmcentre/v1/devices/{dev}/+")
+    for extra in ([], ["--legacy-alarm-topic"]):
+        for kind in ("button_press", "test_call"):
+            done = subprocess.run(_sim("press", dev, "--type", kind, *extra, url=broker_url),
+                                  capture_output=True, text=True, env=_sim_env(), timeout=30)
+            assert done.returncode == 0, done.stderr
+    assert rec.wait_until(lambda: len(rec.events(dev)) == 4, 5)
+    assert [(m.kind, m.event()["type"]) for m in rec.events(dev)] == [
+        ("alarms", "button_press"), ("events", "test_call"), ("events", "button_press"), ("events", "test_call")]
+    for msg in rec.events(dev):
+        _valid(msg)  # the centre takes each from where it came
 
 
 def test_press_one_shot_disconnects_without_last_will(
@@ -492,7 +509,7 @@ def test_battery_power_and_presses_happen_by_themselves(
 ) -> None:
     prefix = f"B{_uid()}-"
     devices = serials(prefix, 3)
-    rec = recorder_factory("alarmcentre/v1/devices/+/events", only=prefix)
+    rec = recorder_factory("alarmcentre/v1/devices/+/+", only=prefix)
     fleet = Fleet(broker_url, devices, heartbeat_interval=None, battery_start=35, battery_drain=20 * 3600,
                   press_rate=4 * 3600, fall_rate=2 * 3600, power_cut_rate=4 * 3600, power_cut_duration=0.2,
                   seed=7)
@@ -554,7 +571,8 @@ def test_per_device_logins_pass_a_per_serial_acl(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
     acl.write_text(
         "user watcher\ntopic read alarmcentre/v1/devices/#\ntopic write alarmcentre/v1/devices/+/config\n"
-        "pattern write alarmcentre/v1/devices/%u/events\npattern write alarmcentre/v1/devices/%u/status\n"
+        "pattern write alarmcentre/v1/devices/%u/events\npattern write alarmcentre/v1/devices/%u/alarms\n"
+        "pattern write alarmcentre/v1/devices/%u/status\n"
         "pattern read alarmcentre/v1/devices/%u/config\npattern read alarmcentre/v1/devices/%u/commands\n"
     )
     port = _free_port()

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--credentials", metavar="FILE",
                         help="JSON object of serial to password (the demo's data/broker/credentials.json is one): "
                              "each device logs in as its serial with its own password")
+    common.add_argument("--legacy-alarm-topic", action="store_true",
+                        help="send alarms, cancels and mains power events on the events topic, as a device of "
+                             "protocol 1.0 does, instead of the alarm lane topic (docs/protocol.md)")
     common.add_argument("-v", "--verbose", action="store_true",
                         help="print every message sent (>) and received (<), one line each")
 
@@ -229,6 +232,7 @@ async def _cmd_run(args: argparse.Namespace, broker: BrokerAddress, console: Con
         keepalive=args.keepalive,
         offline_on_stop=not args.no_offline,
         serial_login=args.serial_login,
+        alarm_lane=not args.legacy_alarm_topic,
         rate_limit=args.rate_limit or None,
         connect_batch=args.connect_batch,
         console=console,
@@ -246,7 +250,8 @@ async def _cmd_scenario(args: argparse.Namespace, broker: BrokerAddress, console
     stats = Stats()
     _install_stop(stop, console, lambda: stats)
     await run_scenario(args.scenario, broker, console=console, stop=stop, stats=stats,
-                       connect_timeout=args.connect_timeout, serial_login=args.serial_login)
+                       connect_timeout=args.connect_timeout, serial_login=args.serial_login,
+                       alarm_lane=not args.legacy_alarm_topic)
     return _finish(stats, console)
 
 
@@ -268,7 +273,7 @@ async def _cmd_press(args: argparse.Namespace, broker: BrokerAddress, console: C
     fields = {name: getattr(args, name) for name in _PRESS_FIELDS if getattr(args, name) is not None}
     stats = await press_once(broker, args.serial, args.type, fields=fields, console=console,
                              offline_after=args.offline_after, client_id=args.client_id,
-                             serial_login=args.serial_login)
+                             serial_login=args.serial_login, alarm_lane=not args.legacy_alarm_topic)
     ok = stats.published.get(args.type, 0) == 1
     console.note(f"{args.serial}: {args.type} "
                  + ("acknowledged by the broker" if ok else "NOT acknowledged"))

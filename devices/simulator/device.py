@@ -27,7 +27,9 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from alarmcentre.ingest.protocol import (
+    ALARM_LANE_TYPES,
     EventType,
+    alarms_topic,
     commands_topic,
     config_topic,
     events_topic,
@@ -44,6 +46,7 @@ LOW_BATTERY_BELOW = 20  # percent; battery events below this carry low: true
 RECONNECT_MAX_DELAY = 60.0
 OUTBOX_MAX = 1000  # events kept per device while offline; the oldest go first when full
 _warned_refused_subscription = False
+_ALARM_LANE_KINDS = frozenset(t.value for t in ALARM_LANE_TYPES)
 
 
 def now_rfc3339() -> str:
@@ -74,6 +77,9 @@ class DeviceBehaviour:
     keepalive: int = 60  # MQTT keepalive; the broker sends the last will after 1.5x this of silence
     listen: bool = True  # subscribe to config and commands (a one-shot press does not)
     offline_on_stop: bool = True  # publish retained "offline" before a clean disconnect
+    # Alarms, cancels and mains power on the alarm lane topic (protocol 1.1); False: on the events
+    # topic, as a device of protocol 1.0 sends them.
+    alarm_lane: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,11 +508,16 @@ class SimDevice:
         await self.limiter.acquire()
         # Shielded: a device being stopped still waits for the PUBACK of what it sent.
         task = asyncio.ensure_future(
-            self._publish_now(client, events_topic(self.device_id), kind, payload, keep=True)
+            self._publish_now(client, self._topic_for(kind), kind, payload, keep=True)
         )
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    def _topic_for(self, kind: str) -> str:
+        if self.behaviour.alarm_lane and kind in _ALARM_LANE_KINDS:
+            return alarms_topic(self.device_id)
+        return events_topic(self.device_id)
 
     def _queue(self, kind: str, data: bytes, why: str) -> None:
         # The protocol asks devices to keep an event until a PUBACK: the outbox is
@@ -517,14 +528,14 @@ class SimDevice:
         self._outbox.append((kind, data))
         self.stats.outbox += 1
         text = data.decode("utf-8", "replace")
-        self.console.message("!", self.device_id, "events", f"{text} queued: {why}")
+        self.console.message("!", self.device_id, self._topic_for(kind).rsplit("/", 1)[-1], f"{text} queued: {why}")
 
     async def _flush_outbox(self, client: aiomqtt.Client) -> None:
         while self._outbox:
             kind, data = self._outbox.popleft()
             self.stats.outbox -= 1
             await self.limiter.acquire()
-            if not await self._publish_now(client, events_topic(self.device_id), kind, lambda d=data: d,
+            if not await self._publish_now(client, self._topic_for(kind), kind, lambda d=data: d,
                                            keep=True, front=True):
                 return
             self.stats.resent += 1
@@ -706,6 +717,7 @@ async def press_once(
     client_id: str | None = None,
     serial_login: bool = False,
     timeout: float = 10.0,
+    alarm_lane: bool = True,
 ) -> Stats:
     """Connect as one device, publish ``online`` and one event, disconnect cleanly.
 
@@ -717,7 +729,7 @@ async def press_once(
     """
     stats = Stats(devices=1)
     behaviour = DeviceBehaviour(heartbeat_interval=None, battery_drain=0.0, listen=False,
-                                offline_on_stop=offline_after)
+                                offline_on_stop=offline_after, alarm_lane=alarm_lane)
     dev = SimDevice(device_id, broker, behaviour, stats=stats, console=console, timeout=timeout,
                     client_id=client_id or f"{device_id}-press-{os.getpid()}", serial_login=serial_login)
     task = asyncio.create_task(dev.run())

@@ -66,6 +66,7 @@ class Fleet:
         keepalive: int = 60,
         offline_on_stop: bool = True,
         serial_login: bool = False,
+        alarm_lane: bool = True,
         rate_limit: float | None = None,
         connect_batch: int = DEFAULT_CONNECT_BATCH,
         verbose: bool = False,
@@ -92,6 +93,7 @@ class Fleet:
             power_cut_duration=power_cut_duration,
             keepalive=keepalive,
             offline_on_stop=offline_on_stop,
+            alarm_lane=alarm_lane,
         )
         self.serial_login = serial_login
         self.rate_limit = rate_limit

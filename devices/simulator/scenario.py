@@ -210,6 +210,7 @@ async def run_scenario(
     seed: int | None = None,
     serial_login: bool = False,
     stats: Stats | None = None,
+    alarm_lane: bool = True,
 ) -> Stats:
     """Connect the scenario's devices, play the steps in time order, then stop them cleanly.
 
@@ -228,6 +229,7 @@ async def run_scenario(
         heartbeat_interval=scenario.heartbeat_interval,
         battery_start=scenario.battery,
         battery_drain=0.0,
+        alarm_lane=alarm_lane,
     )
     devices = {
         device_id: SimDevice(device_id, broker, behaviour, stats=stats, limiter=limiter, console=console,

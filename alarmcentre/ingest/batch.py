@@ -25,17 +25,19 @@ nothing meanwhile.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, select, update
+from sqlalchemy import JSON, Insert, Select, String, Table, Text, any_, bindparam, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from alarmcentre import clock
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.devices.models import BatteryReading, Device, DeviceEvent, DeviceStatus, SignalReading
 from alarmcentre.ingest.processor import (
@@ -141,10 +143,12 @@ def _apply_set_based(session: Session, messages: Sequence[InboundMessage],
                      items: list[tuple[int, ParsedEvent | ParsedStatus]], settings: Settings) -> dict[int, Result]:
     postgres = session.get_bind().dialect.name == "postgresql"
     serials = sorted({parsed.device_id for _, parsed in items})
-    query = (select(_DEVICES.c.id, _DEVICES.c.serial, _DEVICES.c.status, *(_DEVICES.c[c] for c in _STATE_COLUMNS))
-             .where(_DEVICES.c.serial.in_(serials)).order_by(_DEVICES.c.id))
-    if postgres:
-        query = query.with_for_update()
+    query = select(_DEVICES.c.id, _DEVICES.c.serial, _DEVICES.c.status, *(_DEVICES.c[c] for c in _STATE_COLUMNS))
+    if postgres:  # one array parameter: a short statement whatever the batch size
+        query = (query.where(_DEVICES.c.serial == any_(bindparam("serials", serials, type_=postgresql.ARRAY(String))))
+                 .order_by(_DEVICES.c.id).with_for_update())
+    else:
+        query = query.where(_DEVICES.c.serial.in_(serials)).order_by(_DEVICES.c.id)
     devices: dict[str, _DeviceState] = {}
     for row in session.execute(query).mappings():
         devices[row["serial"]] = _DeviceState(row["id"], row["status"], {c: row[c] for c in _STATE_COLUMNS})
@@ -193,26 +197,62 @@ def _apply_set_based(session: Session, messages: Sequence[InboundMessage],
 
     changed = [device for device in devices.values() if device.changed]
     if changed:
-        statement = (update(_DEVICES).where(_DEVICES.c.id == bindparam("device_pk"))
-                     .values({c: bindparam(f"new_{c}") for c in _STATE_COLUMNS}))
-        session.execute(statement, [{"device_pk": device.id, **{f"new_{c}": device.values[c] for c in _STATE_COLUMNS}}
-                                    for device in changed])
-    battery_rows = [row for device in devices.values() for row in device.battery_rows]
-    if battery_rows:
-        session.execute(_BATTERY.insert(), battery_rows)
-    signal_rows = [row for device in devices.values() for row in device.signal_rows]
-    if signal_rows:
-        session.execute(_SIGNAL.insert(), signal_rows)
+        _update_devices(session, changed, postgres=postgres)
+    for table, rows in ((_BATTERY, [row for device in devices.values() for row in device.battery_rows]),
+                        (_SIGNAL, [row for device in devices.values() for row in device.signal_rows])):
+        if rows:
+            if postgres:
+                session.execute(table.insert().from_select(list(rows[0]), _unnest(table, rows)))
+            else:
+                session.execute(table.insert(), rows)
     return results
+
+
+def _unnest(table: Table, rows: list[dict[str, Any]], *, json_columns: tuple[str, ...] = ()) -> Select[Any]:
+    """PostgreSQL: `rows` as one array parameter per column, unnested side by side into rows. The
+    statement stays short and cached whatever the batch size (a multi-row VALUES grows with it, and
+    psycopg re-parses a long statement on every execution). JSON goes as text and is cast back."""
+    columns = []
+    for name in rows[0]:
+        if name in json_columns:
+            values: list[Any] = [json.dumps(row[name]) for row in rows]
+            columns.append(cast(func.unnest(bindparam(f"a_{name}", values, type_=postgresql.ARRAY(Text))), JSON)
+                           .label(name))
+        else:
+            values = [row[name] for row in rows]
+            array = postgresql.ARRAY(table.c[name].type)
+            columns.append(func.unnest(bindparam(f"a_{name}", values, type_=array)).label(name))
+    return select(*columns)
+
+
+def _update_devices(session: Session, changed: list[_DeviceState], *, postgres: bool) -> None:
+    if postgres:  # UPDATE … FROM (SELECT unnest(…), …): one statement, whatever the number of devices
+        rows = [{"id": d.id, **{c: d.values[c] for c in _STATE_COLUMNS}} for d in changed]
+        source = _unnest(_DEVICES, rows).subquery()
+        session.execute(update(_DEVICES).where(_DEVICES.c.id == source.c.id)
+                        .values({c: source.c[c] for c in _STATE_COLUMNS}))
+        return
+    # SQLite: one UPDATE executed per device, in-process, no round trips to save.
+    statement = (update(_DEVICES).where(_DEVICES.c.id == bindparam("device_pk"))
+                 .values({c: bindparam(f"new_{c}") for c in _STATE_COLUMNS}))
+    session.execute(statement, [{"device_pk": d.id, **{f"new_{c}": d.values[c] for c in _STATE_COLUMNS}}
+                                for d in changed])
 
 
 def _insert_new_events(session: Session, rows: list[dict[str, Any]], *, postgres: bool) -> set[tuple[int, int]]:
     """Insert what is new; returns the (device_id, seq) pairs that were."""
     if not rows:
         return set()
-    insert: Insert = (postgresql.insert(_EVENTS) if postgres else sqlite.insert(_EVENTS))  # type: ignore[assignment]
-    statement = (insert.on_conflict_do_nothing(index_elements=["device_id", "seq"])  # type: ignore[attr-defined]
-                 .returning(_EVENTS.c.device_id, _EVENTS.c.seq))
+    returning = (_EVENTS.c.device_id, _EVENTS.c.seq)
+    if postgres:
+        committed_at = clock.now()  # a column default, which INSERT … SELECT does not apply
+        rows = [{**row, "committed_at": committed_at} for row in rows]
+        source = _unnest(_EVENTS, rows, json_columns=("details",))
+        statement = (postgresql.insert(_EVENTS).from_select(list(rows[0]), source)
+                     .on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(*returning))
+        return {(device_id, seq) for device_id, seq in session.execute(statement)}
+    insert: Insert = sqlite.insert(_EVENTS)  # type: ignore[assignment]
+    statement = insert.on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(*returning)  # type: ignore[attr-defined]
     # Executed with a list of rows, SQLAlchemy sends one multi-row INSERT per page of rows
     # ("insertmanyvalues") and compiles the statement once; .values(rows) would compile every batch.
     return {(device_id, seq) for device_id, seq in session.execute(statement, rows)}

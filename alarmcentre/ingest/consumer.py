@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -291,7 +292,6 @@ class IngestConsumer:
                 break
             except queue.Full:
                 continue
-        _update_gauges()
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -350,10 +350,11 @@ class IngestConsumer:
         self.last_commit_at = time.time()
         metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
         _update_gauges()
+        accepted: Counter[str] = Counter()
         for item, result in zip(batch, results, strict=True):
             metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
             if result.outcome is Outcome.ACCEPTED:
-                metrics.MESSAGES_ACCEPTED.labels(result.kind).inc()
+                accepted[result.kind] += 1
                 if result.clock_skewed:
                     metrics.CLOCK_SKEWED_ALARMS.inc()
                 if result.incident_opened is not None:
@@ -364,6 +365,8 @@ class IngestConsumer:
             else:
                 metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
                 log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
+        for kind, count in accepted.items():  # one update per kind, not per message: most are heartbeats
+            metrics.MESSAGES_ACCEPTED.labels(kind).inc(count)
         if self._on_committed is not None:
             try:
                 self._on_committed(results)

@@ -92,6 +92,12 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
     # A device with anything for the domain in this batch keeps all its messages in arrival order, one
     # by one: its "offline" status after its button press must leave it offline.
     needs_domain = {parsed.device_id for _, parsed in valid if not _state_only(parsed)}
+    if needs_domain and session.get_bind().dialect.name == "postgresql":
+        # Several ingest workers: take every device of the batch in one order (id) before anything else,
+        # so that two batches sharing devices wait for each other instead of deadlocking.
+        serials = sorted({parsed.device_id for _, parsed in valid})
+        session.execute(select(_DEVICES.c.id).where(_DEVICES.c.serial == any_(
+            bindparam("serials", serials, type_=postgresql.ARRAY(String)))).order_by(_DEVICES.c.id).with_for_update())
     set_based: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     one_by_one: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     for index, parsed in valid:

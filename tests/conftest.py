@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -43,11 +44,23 @@ def services_required() -> bool:
     return os.environ.get("CI") == "true" or os.environ.get("ALARMCENTRE_REQUIRE_SERVICES") == "1"
 
 
+_missing: dict[str, int] = {}  # what was missing, and how many tests skipped for it
+
+
 def missing_service(what: str) -> None:
     """Fail in CI, skip elsewhere, always saying what is missing."""
     if services_required():
         pytest.fail(f"{what} (required in CI)", pytrace=False)
+    _missing[what] = _missing.get(what, 0) + 1
     pytest.skip(f"{what}; set up PostgreSQL/Mosquitto or see README 'Tests'")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per missing service at the end, where nobody can miss it: a green run that skipped the
+    database tested much less than it seems."""
+    for what, skipped in _missing.items():
+        terminalreporter.write_line(f"NOT TESTED: {skipped} tests skipped because {what} "
+                                    "(README 'Tests' says how to get it)", red=True, bold=True)
 
 
 def free_port() -> int:

@@ -130,7 +130,13 @@ def start_embedded_broker(
         )
         broker = MosquittoBroker(binary=mosquitto_bin, data_dir=data_dir / "mosquitto", port=port, users=users)
     else:
-        from alarmcentre.broker.amqtt_broker import AmqttBroker
+        try:
+            from alarmcentre.broker.amqtt_broker import AmqttBroker
+        except ImportError as exc:
+            raise BrokerError(
+                "no mosquitto 2.x binary found and amqtt is not installed: install mosquitto "
+                "(Debian: apt-get install mosquitto; its service need not run), or the demo extra "
+                "(pip install 'alarmcentre[demo]') for the demo-grade amqtt broker") from exc
 
         log.warning(
             "%s: starting the embedded amqtt broker on %s:%d. amqtt is DEMO-GRADE: "

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,7 +50,9 @@ def create_app(
         yield
         await web.shutdown(app)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with their scripts served from the package, not a public CDN
+    # (alarm centres often run on networks without internet, where /docs would be a blank page).
+    app = FastAPIOffline(
         lifespan=lifespan,
         title="alarmcentre",
         version=__version__,

@@ -984,3 +984,15 @@ def test_odd_logins_are_refused_not_crashed(any_api: Api) -> None:
         response = any_api.lenient.post("/api/v1/auth/token", data={"username": username, "password": password})
         assert response.status_code in (401, 422), (username[:20], response.status_code, response.text)
     assert any_api.lenient.get("/api/v1/auth/me", headers=bearer("t" * 100_000)).status_code == 401
+
+
+def test_the_api_docs_load_their_scripts_from_the_centre_not_from_a_cdn(api: Api) -> None:
+    """Alarm centres often run without internet: /docs and /redoc must work there."""
+    for page in ("/docs", "/redoc"):
+        response = api.http.get(page)
+        assert response.status_code == 200, page
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', response.text)
+        assert assets, f"{page} names no scripts or styles"
+        for asset in assets:
+            assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+            assert api.http.get(asset).status_code == 200, asset

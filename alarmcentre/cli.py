@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mqtt-url", help="broker URL (or ALARMCENTRE_MQTT_URL); required")
     ingest.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
 
+    dc09 = sub.add_parser("receive-dc09", help="the SIA DC-09 receiver alone: alarm panels over TCP and UDP")
+    _common(dc09)
+    dc09.add_argument("--host", dest="dc09_host", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    dc09.add_argument("--port", dest="dc09_port", type=int, help="TCP and UDP port (default 12128)")
+    dc09.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
+
     scheduler = sub.add_parser("scheduler", help="the periodic jobs alone")
     _common(scheduler)
     scheduler.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
@@ -121,12 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--embedded", action="store_true",
                            help="also let the device log in to the embedded broker of `alarmcentre up` "
                            "(stored in DATA_DIR/broker/credentials.json; applies at the next start)")
+    dc09_account = devices_sub.add_parser(
+        "dc09", help="give a device a SIA DC-09 account (its panel's account number) and AES key; registers the "
+        "device if missing (docs/dc09.md)")
+    _common(dc09_account)
+    dc09_account.add_argument("serial", help="the device's serial in the centre")
+    dc09_account.add_argument("--account", required=True, help="the panel's account number, 3-16 hex digits")
+    dc09_account.add_argument("--key-file", help="file holding the panel's AES key (none: unencrypted frames)")
+    dc09_account.add_argument("--key-format", choices=["hex", "ascii"], default="hex",
+                              help="hex: 32/48/64 hex digits (default); ascii: the 16/24/32 characters are the key")
+    dc09_account.add_argument("--supervision-s", type=int,
+                              help="the panel's link-test (or periodic test) interval in seconds: supervision "
+                              "expects one at least this often (times the tolerance)")
+    dc09_account.add_argument("--model", default="dc09-panel", help="device model when registering")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     names = ("database_url", "data_dir", "log_json", "mqtt_url", "broker", "broker_port", "api_host", "api_port",
-             "metrics_port")
+             "metrics_port", "dc09_host", "dc09_port")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return Settings(**overrides)
 
@@ -139,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
+        "receive-dc09": _cmd_receive_dc09,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
         "integration": _cmd_integration, "access-key": _cmd_access_key, "keys": _cmd_keys,
     }
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from alarmcentre.broker import BrokerError
 
-    if args.command in ("up", "demo", "api", "ingest", "scheduler"):
+    if args.command in ("up", "demo", "api", "ingest", "scheduler", "receive-dc09"):
         problems = settings.production_problems(command=args.command)
         if problems:
             print("alarmcentre: ALARMCENTRE_ENV=production, and these settings are not safe for it:\n"
@@ -209,6 +229,37 @@ def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
     consumer.start()
     _wait_for_signal()
     consumer.stop()
+    return 0
+
+
+def _cmd_receive_dc09(_args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import contextlib
+
+    from alarmcentre.clients.access import AccessCipher
+    from alarmcentre.health import HealthChecks, database_check
+    from alarmcentre.receivers.dc09 import Dc09Receiver
+    from alarmcentre.receivers.dc09_server import Dc09Server
+    from alarmcentre.runtime import Database, start_metrics_server
+
+    db = Database.open(settings)
+    start_metrics_server(settings, HealthChecks({"database": database_check(db.sessions)}))
+    receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+
+    async def serve() -> None:
+        server = Dc09Server(receiver, host=settings.dc09_host, port=settings.dc09_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise _UsageError(f"cannot listen on {settings.dc09_host}:{settings.dc09_port}: {exc}") from exc
+        print(f"DC-09 receiver on tcp and udp {settings.dc09_host}:{server.port}", flush=True)
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
     return 0
 
 
@@ -347,6 +398,8 @@ def _cmd_integration(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     """`devices provision`: the password is printed once and stored only hashed (except --embedded)."""
+    if args.devices_command == "dc09":
+        return _cmd_devices_dc09(args, settings)
     import json
     from pathlib import Path
 
@@ -381,6 +434,43 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     print(f"username: {serial}")
     print(f"password: {password}")
     print("The password is shown only this once. Reload Mosquitto (SIGHUP) to apply the files.")
+    return 0
+
+
+def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
+    """`devices dc09 SERIAL --account N [--key-file F]`: the key is stored encrypted with the access key."""
+    from pathlib import Path
+
+    from alarmcentre.clients.access import AccessKeyError, load_cipher
+    from alarmcentre.db import transaction
+    from alarmcentre.devices import service
+    from alarmcentre.devices.schemas import DeviceIn
+    from alarmcentre.receivers import dc09
+    from alarmcentre.runtime import Database
+
+    try:
+        key = dc09.parse_key(Path(args.key_file).read_text(), args.key_format) if args.key_file else None
+        cipher = load_cipher(settings)
+    except (OSError, ValueError, AccessKeyError) as exc:
+        raise _UsageError(str(exc)) from exc
+    db = Database.open(settings)
+    try:
+        with transaction(db.sessions, writes=True) as session:
+            device = service.get_by_serial(session, args.serial)
+            registered = device is None
+            if device is None:
+                device = service.register_device(session, data=DeviceIn(serial=args.serial, model=args.model))
+            dc09.set_account(session, device=device, account=args.account, key=key, cipher=cipher)
+            if args.supervision_s:
+                device.heartbeat_interval_s = args.supervision_s
+            interval = device.heartbeat_interval_s
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    finally:
+        db.engine.dispose()
+    print(f"device {args.serial}: {'registered, ' if registered else ''}DC-09 account {args.account.upper()}, "
+          f"{f'AES-{len(key) * 8} key stored encrypted' if key else 'no key (unencrypted frames)'}; "
+          f"link tests expected every {interval} s")
     return 0
 
 

@@ -13,6 +13,7 @@ DEFAULT_DATA_DIR = Path("data")
 # Passwords that ship in examples (docker-compose's fallback among them): never in production.
 DEFAULT_PASSWORDS = frozenset({"alarmcentre", "postgres", "password", "changeme", "secret"})
 EMBEDDED_BROKER_PORT = 18830  # not 1883: a system Mosquitto often listens there already
+DC09_PORT = 12128  # the SIA DC-09 receiver's default (panels are told it by the installer)
 
 
 class Settings(BaseSettings):
@@ -97,6 +98,11 @@ class Settings(BaseSettings):
     answer_target_s: int = Field(60, ge=1, description="an alarm should be answered within this (green)")
     answer_limit_s: int = Field(180, ge=1, description="an alarm waiting longer than this is late (red)")
     live_poll_s: float = Field(0.25, gt=0, description="how often the live feed looks for changes")
+    # The SIA DC-09 receiver (alarmcentre/receivers; docs/dc09.md): TCP and UDP on one port.
+    dc09_host: str = Field("127.0.0.1", description="address the DC-09 receiver listens on (0.0.0.0: every one)")
+    dc09_port: int = Field(DC09_PORT, ge=0, le=65535,
+                           description="DC-09 receiver port, TCP and UDP (0: a free one); `up` takes a free one "
+                           "when this one is taken")
     log_json: bool = False
     log_level: str = "INFO"
 

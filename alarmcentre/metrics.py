@@ -80,3 +80,9 @@ CANARY_OK = Gauge("alarmcentre_canary_ok", "1 while the canary's test alarms com
 CANARY_FAILURES = Counter(
     "alarmcentre_canary_failures_total", "Canary test alarms that did not make it through the pipeline in time"
 )
+
+# The SIA DC-09 receiver (alarmcentre/receivers; docs/dc09.md).
+DC09_FRAMES_RECEIVED = Counter("alarmcentre_dc09_frames_received_total", "DC-09 frames received", ["transport"])
+DC09_ANSWERS = Counter(
+    "alarmcentre_dc09_answers_total",
+    "DC-09 frames by answer (ack, nak, duh, none) and reason (ok, or the dead letter's reason)", ["answer", "reason"])

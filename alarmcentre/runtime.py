@@ -138,6 +138,7 @@ class Centre:
         self.consumer: Any = None
         self.app: Any = None
         self.publisher: Any = None
+        self.dc09: Any = None  # the SIA DC-09 receiver (docs/dc09.md); .port is where panels connect
         # Readiness checks of every part; a part added later (the canary) adds its own with one call.
         self.health = HealthChecks()
         self._stack: list[tuple[str, Any]] = []
@@ -181,6 +182,7 @@ class Centre:
         scheduler = build_scheduler(db.sessions, settings=settings, publisher=publisher)
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
+        self._start_dc09(db)
         self.health.add("database", database_check(db.sessions))
         for name, check in ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s).items():
             self.health.add(name, check)
@@ -188,6 +190,21 @@ class Centre:
         self.app = create_app(settings=settings, session_factory=db.sessions, config_publisher=publisher,
                               health_checks=self.health)
         return self
+
+    def _start_dc09(self, db: Database) -> None:
+        """DC-09 panels on settings.dc09_port, or on a free port when another process holds that one."""
+        from alarmcentre.clients.access import AccessCipher
+        from alarmcentre.receivers.dc09 import Dc09Receiver
+        from alarmcentre.receivers.dc09_server import BackgroundDc09Server, port_is_free
+
+        settings = self.settings
+        port = settings.dc09_port
+        if port and not port_is_free(settings.dc09_host, port):
+            log.warning("dc09: port %d is taken; the DC-09 receiver takes a free port (see the banner)", port)
+            port = 0
+        receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+        self.dc09 = BackgroundDc09Server(receiver, host=settings.dc09_host, port=port).start()
+        self._stack.append(("dc09 receiver", self.dc09.stop))
 
     def device_url(self, serial: str) -> str:
         """The embedded broker's URL with one device's own login."""
@@ -242,6 +259,9 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
                  f"  health:     {base}/healthz (alive), {base}/readyz (every part working)",
                  f"  database:   {make_url(settings.resolved_database_url()).render_as_string(hide_password=True)}"]
+        if centre.dc09 is not None:
+            lines.append(f"  DC-09 panels: tcp and udp {settings.dc09_host}:{centre.dc09.port} "
+                         "(accounts: alarmcentre devices dc09)")
         if centre.device_address:
             creds = BrokerCredentials.path(settings.data_dir)
             lines.append(f"  devices connect to: {centre.device_address}, each as its serial "

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alarmcentre import clock
@@ -55,6 +55,10 @@ class Device(Base):
     last_test_call_at: Mapped[datetime | None]  # the monthly test press
     tamper_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
+    # A SIA DC-09 panel's account number (3-16 hex digits, upper case) and its AES key, encrypted with the
+    # access key (docs/dc09.md); NULL for MQTT devices.
+    dc09_account: Mapped[str | None] = mapped_column(String(16), unique=True)
+    dc09_key_ciphertext: Mapped[str | None] = mapped_column(Text)
 
 
 class DeviceEvent(Base):

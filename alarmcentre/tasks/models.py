@@ -20,6 +20,7 @@ class TaskKind(StrEnum):
     BATTERY_NOTICE = "battery_notice"  # tell the client a technician will replace the battery
     MONTHLY_TEST_REMINDER = "monthly_test_reminder"
     MISSED_VISIT = "missed_visit"  # a planned home-care visit has no arrival: call the worker, then the client
+    DC09_UNMAPPED_CODE = "dc09_unmapped_code"  # a DC-09 panel sent a code the centre does not map: find out why
 
 
 class TaskStatus(StrEnum):

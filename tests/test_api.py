@@ -379,7 +379,10 @@ def test_client_create_get_and_list(any_api: Api) -> None:
     assert created["last_contact_at"] is None and created["created_at"]
     fetched = any_api.get(f"/api/v1/clients/{created['id']}", Role.OPERATOR)
     assert fetched.status_code == 200 and fetched.json() == created
-    assert any_api.get("/api/v1/clients", Role.TECHNICIAN).json() == [created]
+    # A technician installs and repairs: the client's record without the medical notes (as on the dashboard).
+    assert any_api.get("/api/v1/clients", Role.TECHNICIAN).json() == [{**created, "medical_notes": None}]
+    assert any_api.get(f"/api/v1/clients/{created['id']}", Role.TECHNICIAN).json()["medical_notes"] is None
+    assert any_api.get("/api/v1/clients", Role.SUPERVISOR).json() == [created]
 
 
 @pytest.mark.parametrize(("raw", "e164"), [

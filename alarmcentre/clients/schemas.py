@@ -43,5 +43,7 @@ class ClientOut(ClientIn):
     model_config = ConfigDict(from_attributes=True)
     id: int
     phone: str | None = None
+    medical_notes: str | None = Field(  # type: ignore[assignment]
+        "", description="null for technicians: medical notes are for those who answer alarms and manage clients")
     last_contact_at: datetime | None
     created_at: datetime

@@ -13,11 +13,20 @@ from alarmcentre.clients.schemas import ClientIn, ClientOut, ClientPatch
 from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactIn, ContactOut
 from alarmcentre.schemas import MAX_ID, NO_NUL, Id
-from alarmcentre.users.models import User
+from alarmcentre.users.models import Role, User
 
 router = APIRouter(prefix="/api/v1/clients", tags=["clients"])
 Reader = Annotated[User, Depends(require_roles(*STAFF))]
 Editor = Annotated[User, Depends(require_roles(*CLIENT_EDITORS))]
+
+
+def for_reader(client: Client, user: User) -> ClientOut:
+    """The client as this user may see it: a technician (installing, repairing) sees no medical notes,
+    on the dashboard as here."""
+    out = ClientOut.model_validate(client)
+    if user.role == Role.TECHNICIAN:
+        out.medical_notes = None
+    return out
 
 
 def load_client(session: SessionDep, client_id: Id) -> Client:
@@ -29,13 +38,13 @@ def load_client(session: SessionDep, client_id: Id) -> Client:
 
 @router.get("", response_model=list[ClientOut])
 def list_clients(
-    session: SessionDep, _u: Reader,
+    session: SessionDep, user: Reader,
     municipality_id: Id | None = None, status_: Annotated[ClientStatus | None, Query(alias="status")] = None,
     q: Annotated[str | None, Query(max_length=100, pattern=NO_NUL, description="part of the name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-) -> list[Client]:
-    return list(service.list_clients(session, municipality_id=municipality_id, status=status_, search=q,
-                                     limit=limit, offset=offset))
+) -> list[ClientOut]:
+    return [for_reader(client, user) for client in service.list_clients(
+        session, municipality_id=municipality_id, status=status_, search=q, limit=limit, offset=offset)]
 
 
 @router.post("", response_model=ClientOut, status_code=status.HTTP_201_CREATED)
@@ -47,8 +56,8 @@ def create_client(body: ClientIn, session: SessionDep, _u: Editor) -> Client:
 
 
 @router.get("/{client_id}", response_model=ClientOut)
-def get_client(_u: Reader, client: Annotated[Client, Depends(load_client)]) -> Client:
-    return client
+def get_client(user: Reader, client: Annotated[Client, Depends(load_client)]) -> ClientOut:
+    return for_reader(client, user)
 
 
 @router.patch("/{client_id}", response_model=ClientOut)

@@ -31,6 +31,7 @@ from alarmcentre.devices.models import Device, DeviceAssignment, DeviceStatus
 from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.incidents.models import TECHNICAL_PRIORITY, Incident, IncidentKind, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import append_timeline, silent_key
+from alarmcentre.ingest.sessions import listening_since
 from alarmcentre.tasks import service as tasks
 from alarmcentre.tasks.models import OperatorTask, TaskKind
 from alarmcentre.visits import service as visits
@@ -118,6 +119,9 @@ def _active_orders(session: Session, kind: WorkOrderKind) -> list[WorkOrder]:
 
 def supervise_devices(session: Session, settings: Settings, now: datetime) -> int:
     """Open one device_silent incident per silence (or offline status); close it when heard again."""
+    # A device is silent only if it was not heard for a whole window while the centre was listening:
+    # after the centre itself was away (a restart, an ingest outage) it waits a window before judging.
+    listening = listening_since(session, now)
     installed = list(session.scalars(select(Device).where(Device.status == DeviceStatus.INSTALLED)))
     since = _assigned_since(session, [d.id for d in installed])
     active = {i.device_id: i for i in session.scalars(select(Incident).where(
@@ -127,7 +131,9 @@ def supervise_devices(session: Session, settings: Settings, now: datetime) -> in
         window = supervision_window_s(model=device.model, heartbeat_interval_s=device.heartbeat_interval_s,
                                       tolerance=settings.supervision_tolerance)
         reference = device.last_seen_at or since.get(device.id) or device.created_at
-        silent = now - reference > timedelta(seconds=window)
+        # No ingest alive: nobody hears the devices. That is one system fault (IngestNotRunning), not
+        # thousands of silent devices; nothing new is opened until an ingest is back.
+        silent = listening is not None and now - max(reference, listening) > timedelta(seconds=window)
         # The last will (or a clean "offline"): flagged at once, not after the window.
         offline = not device.online and device.online_changed_at is not None
         incident = active.pop(device.id, None)

@@ -24,6 +24,7 @@ from alarmcentre.devices.models import BatteryReading, Device, DeviceAssignment,
 from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry
 from alarmcentre.ingest.processor import InboundMessage, process_message
 from alarmcentre.ingest.protocol import status_topic
+from alarmcentre.ingest.sessions import record_alive, record_connect
 from alarmcentre.runtime import Database
 from alarmcentre.tasks.models import OperatorTask, TaskKind, TaskStatus
 from alarmcentre.users.models import Role
@@ -248,6 +249,30 @@ def test_silent_device_raises_one_incident_and_is_restored_when_heard(any_db: Da
     assert timeline == ["opened", "restored"]
     fake.advance(seconds=181)
     assert run(any_db, care.supervise_devices) == 1, "a new silence is a new incident"
+
+
+def test_a_device_is_not_judged_silent_for_time_the_centre_was_not_listening(any_db: Database) -> None:
+    """The demo (or an ingest) restarted after an hour: the devices have not reconnected yet, but they
+    were not silent while nobody listened. A window after the ingest is back they are judged again."""
+    fake = Clock(T0)
+    installed(any_db)
+    feed(any_db, "C1", 1, "heartbeat")
+    with transaction(any_db.sessions) as session:
+        record_connect(session, client_id="alarmcentre-ingest", session_present=False)
+        record_connect(session, client_id="alarmcentre-ingest-alarms", session_present=False)
+    fake.advance(seconds=100)
+    with transaction(any_db.sessions) as session:
+        record_alive(session, client_id="alarmcentre-ingest")
+    fake.advance(seconds=3600)  # the centre was down; its ingest's last sign of life is an hour old
+    assert run(any_db, care.supervise_devices) == 0, "nobody listening: no silence can be judged"
+    with transaction(any_db.sessions) as session:  # the ingest is back
+        record_connect(session, client_id="alarmcentre-ingest", session_present=True)
+    fake.advance(seconds=170)
+    assert run(any_db, care.supervise_devices) == 0, "within a window of the centre's return"
+    fake.advance(seconds=11)
+    with transaction(any_db.sessions) as session:
+        record_alive(session, client_id="alarmcentre-ingest")
+    assert run(any_db, care.supervise_devices) == 1, "a whole window heard nothing: silent"
 
 
 def test_offline_status_is_flagged_at_once_and_an_operator_resolution_holds(any_db: Database) -> None:

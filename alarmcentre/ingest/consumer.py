@@ -39,7 +39,7 @@ from alarmcentre.db import error_reason, transaction
 from alarmcentre.ingest.batch import process_batch
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
 from alarmcentre.ingest.protocol import ALARMS_SUBSCRIPTION, EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
-from alarmcentre.ingest.sessions import record_connect
+from alarmcentre.ingest.sessions import ALIVE_EVERY_S, record_alive, record_connect
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,11 @@ class IngestConsumer:
     # -- worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        alive_noted = time.monotonic()
         while not self._stop.is_set():
+            if self.connected and time.monotonic() - alive_noted >= ALIVE_EVERY_S:
+                alive_noted = time.monotonic()
+                self._note_alive()
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -315,6 +319,14 @@ class IngestConsumer:
             self._acknowledge(batch)
             self._in_hand_since, self._in_hand = None, 0
             self._record(batch, results)
+
+    def _note_alive(self) -> None:
+        """Tell device supervision that the centre is listening (ingest/sessions.py)."""
+        try:
+            with transaction(self._factory, writes=True) as session:
+                record_alive(session, client_id=self.client_id)
+        except DBAPIError as exc:  # the batch commits report the database; this is no reason to stop
+            log.debug("ingest: could not note being alive: %s", error_reason(exc))
 
     def _commit_with_retry(self, batch: list[_Received]) -> list[Result] | None:
         delay = 0.5

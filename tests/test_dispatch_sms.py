@@ -668,16 +668,49 @@ def test_an_unknown_text_is_shown_on_the_incident_and_answered_with_help(any_cen
     assert any_centre.text(answer.id).status == SmsStatus.SENT
 
 
-def test_a_reply_from_a_number_with_no_open_dispatch_gets_help_and_changes_nothing(centre: Centre) -> None:
+def test_a_reply_from_a_known_number_with_no_open_dispatch_gets_help_and_changes_nothing(centre: Centre) -> None:
     case = centre.dispatched()
     timeline_before = len(centre.timeline(case))
-    centre.reply(STRANGER, "1")
+    centre.reply(NEIGHBOUR, "1")  # a contact of the client, whose step has not started
     (received,) = centre.texts(direction=SmsDirection.IN)
     assert (received.interpreted_as, received.incident_id, received.step_id) == ("accept", None, None)
     (answer,) = centre.texts(purpose="reply")
-    assert (answer.to_number, answer.body, answer.incident_id) == (STRANGER, texts.help_text(LV), None)
+    assert (answer.to_number, answer.body, answer.incident_id) == (NEIGHBOUR, texts.help_text(LV), None)
     assert centre.states(case) == [StepState.WAITING, StepState.PENDING, StepState.PENDING]
     assert len(centre.timeline(case)) == timeline_before
+
+
+def test_a_text_from_a_number_the_centre_does_not_know_is_kept_and_never_answered(centre: Centre) -> None:
+    """Answering anyone would let anyone make the centre pay for texts (premium numbers, auto-responders)."""
+    centre.dispatched()
+    for n in range(20):
+        centre.reply(f"+4477009{n:05d}", "hello")
+    centre.reply(STRANGER, "1")
+    assert len(centre.texts(direction=SmsDirection.IN)) == 21
+    assert centre.texts(purpose="reply") == []
+
+
+def test_when_the_incident_is_resolved_those_still_asked_are_told_and_a_late_yes_is_thanked(
+    any_centre: Centre, fake: FakeTwilio
+) -> None:
+    case = any_centre.dispatched()  # the home-care worker was asked and has not answered
+    any_centre.act(case, actions.acknowledge)
+    any_centre.act(case, lambda session, incident, user: actions.resolve(
+        session, incident=incident, user=user, outcome=actions.Outcome.ACCIDENTAL_PRESS, notes=""))
+    any_centre.tick(60)
+    (stand_down,) = any_centre.texts(purpose="stand_down")
+    assert (stand_down.to_number, stand_down.status) == (WORKER, SmsStatus.SENT)
+    assert stand_down.body == texts.stand_down_text(LV)
+    assert any_centre.states(case) == [StepState.CANCELLED] * 3  # the others were never asked: nothing to them
+    any_centre.tick(600)
+    any_centre.reply(WORKER, "1")  # she reads the first text only now
+    any_centre.tick(60)
+    (late,) = any_centre.texts(purpose="late_reply")
+    assert (late.to_number, late.status, late.incident_id) == (WORKER, SmsStatus.SENT, case.incident)
+    assert late.body == texts.late_reply_text(LV) and "Neizpratām" not in late.body
+    assert any_centre.texts(purpose="reply") == []
+    assert any_centre.timeline(case)[-1].kind == TimelineKind.SMS_REPLY  # the operator sees she answered
+    assert any_centre.states(case) == [StepState.CANCELLED] * 3
 
 
 # -- delivery reports ---------------------------------------------------------------------------

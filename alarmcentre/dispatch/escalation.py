@@ -26,6 +26,7 @@ from alarmcentre.dispatch.models import (
     PlanStep,
     SharedResource,
     SmsMessage,
+    SmsStatus,
     StepState,
     Timer,
     TimerKind,
@@ -187,13 +188,25 @@ def step_failed(session: Session, message: SmsMessage) -> None:
 
 
 def close_steps(session: Session, *, incident: Incident) -> None:
-    """On resolve: nothing more is sent, no timer fires."""
+    """On resolve: nothing more is sent, no timer fires, and whoever was asked by SMS and has not
+    answered is told that help is no longer needed (someone who accepted may be on the way and hears
+    from the operator, who knows whether to stop them)."""
     cancel_timers(session, incident_id=incident.id)
     now = clock.now()
     for step in session.scalars(select(IncidentStep).where(
             IncidentStep.incident_id == incident.id,
             IncidentStep.state.in_([StepState.PENDING, StepState.WAITING, StepState.TASK]))):
+        if step.state == StepState.WAITING and step.channel == Channel.SMS and _request_went_out(session, step):
+            queue_sms(session, to=step.phone, body=texts.stand_down_text(step.language), purpose="stand_down",
+                      incident_id=incident.id, step_id=step.id)
         step.state, step.finished_at = StepState.CANCELLED, now
+
+
+def _request_went_out(session: Session, step: IncidentStep) -> bool:
+    """The step's request reached the phone company: only then is there someone to stand down."""
+    return session.scalar(select(SmsMessage.id).where(
+        SmsMessage.step_id == step.id, SmsMessage.purpose == "dispatch",
+        SmsMessage.status.in_([SmsStatus.SENT, SmsStatus.DELIVERED])).limit(1)) is not None
 
 
 def _step_details(step: IncidentStep) -> dict[str, object]:

@@ -116,6 +116,10 @@ def build_provider(settings: Settings) -> SmsProvider:
     return OutboxProvider()
 
 
+# Texts whose whole point is that the incident is over: never held back because it is resolved.
+AFTER_RESOLUTION = frozenset({"stand_down", "late_reply"})
+
+
 def queue_sms(
     session: Session, *, to: str, body: str, purpose: str, incident_id: int | None = None,
     step_id: int | None = None, from_number: str = "",
@@ -208,7 +212,7 @@ class SmsSender:
 
     @staticmethod
     def _unwanted(session: Session, message: SmsMessage) -> str | None:
-        if message.incident_id is None:
+        if message.incident_id is None or message.purpose in AFTER_RESOLUTION:
             return None
         status = session.scalar(select(Incident.status).where(Incident.id == message.incident_id))
         if status == IncidentStatus.RESOLVED:

@@ -110,6 +110,20 @@ def reply_confirmation(language: Language | str, reply: Reply) -> str:
     }[reply]
 
 
+def stand_down_text(language: Language | str) -> str:
+    """To someone asked to help who has not answered yet, when the incident is resolved."""
+    if _lang(language) == Language.LV:
+        return "Paldies. Trauksme ir atrisināta, palīdzība vairs nav vajadzīga."
+    return "Thank you. The alarm has been dealt with; help is no longer needed."
+
+
+def late_reply_text(language: Language | str) -> str:
+    """To a reply that comes after the incident was resolved: understood, and thanked."""
+    if _lang(language) == Language.LV:
+        return "Paldies par atsaucību! Trauksme jau ir atrisināta, palīdzība vairs nav vajadzīga."
+    return "Thank you for answering! The alarm has already been dealt with; help is no longer needed."
+
+
 def help_text(language: Language | str) -> str:
     if _lang(language) == Language.LV:
         return "Neizpratām. Atbildiet: 1 - pieņemu, 2 - nevaru, IERADOS, PABEIGTS."

@@ -54,6 +54,34 @@ ALARM_SUBSCRIPTIONS = (ALARMS_SUBSCRIPTION,)
 # Alarms come one by one; a small batch bounds what one slow commit holds back.
 ALARM_BATCH_MAX = 50
 
+
+
+class AlarmsFirst:
+    """Alarms ahead of the bulk inside one process: while the alarm lane holds alarms (received, not
+    yet committed), the bulk lane starts no new batch. On SQLite that hands the single write lock to
+    the alarm (the busy handler is not fair: the bulk lane would take it again right after each of its
+    commits), and on PostgreSQL it leaves the CPU to the alarm. A batch already begun finishes."""
+
+    MAX_HOLD_S = 2.0  # the bulk lane waits at most this long per batch, whatever happens to the alarms
+
+    def __init__(self) -> None:
+        self._in_hand = 0
+        self._changed = threading.Condition()
+
+    def received(self) -> None:
+        with self._changed:
+            self._in_hand += 1
+
+    def done(self, count: int) -> None:
+        with self._changed:
+            self._in_hand = max(self._in_hand - count, 0)
+            self._changed.notify_all()
+
+    def wait_for_alarms(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_hand == 0, timeout=self.MAX_HOLD_S)
+
+
 _live: set[IngestConsumer] = set()  # every running consumer of this process, for the shared gauges
 _live_lock = threading.Lock()
 
@@ -119,8 +147,14 @@ class IngestConsumer:
         batch_max: int = 500,
         on_committed: Callable[[list[Result]], None] | None = None,
         settings: Settings | None = None,
+        alarms_first: AlarmsFirst | None = None,
+        carries_alarms: bool = False,
     ) -> None:
         self._settings = settings or get_settings()
+        # Shared by the lanes of one Ingest: the alarm lane (carries_alarms) reports what it holds,
+        # the bulk lane waits for it before each batch.
+        self._alarms_first = alarms_first
+        self._carries_alarms = carries_alarms
         self.endpoint = MqttEndpoint.parse(mqtt_url)
         self._factory = session_factory
         self._batch_max = batch_max
@@ -277,6 +311,8 @@ class IngestConsumer:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         metrics.MESSAGES_RECEIVED.inc()
+        if self._carries_alarms and self._alarms_first is not None:
+            self._alarms_first.received()
         received = _Received(
             InboundMessage(topic=msg.topic, payload=bytes(msg.payload), received_at=clock.now()),
             mid=msg.mid,
@@ -313,10 +349,14 @@ class IngestConsumer:
                 except queue.Empty:
                     break
                 self._in_hand += 1
+            if self._alarms_first is not None and not self._carries_alarms:
+                self._alarms_first.wait_for_alarms()
             results = self._commit_with_retry(batch)
             if results is None:
                 return  # stopping while the database is down: the broker keeps the batch
             self._acknowledge(batch)
+            if self._carries_alarms and self._alarms_first is not None:
+                self._alarms_first.done(len(batch))
             self._in_hand_since, self._in_hand = None, 0
             self._record(batch, results)
 
@@ -397,9 +437,9 @@ class Ingest:
                  batch_max: int = 500, on_committed: Callable[[list[Result]], None] | None = None,
                  settings: Settings | None = None) -> None:
         common: dict[str, Any] = {"mqtt_url": mqtt_url, "session_factory": session_factory,
-                                  "on_committed": on_committed, "settings": settings}
+                                  "on_committed": on_committed, "settings": settings, "alarms_first": AlarmsFirst()}
         self.alarms = IngestConsumer(client_id=f"{client_id}-alarms", subscriptions=ALARM_SUBSCRIPTIONS,
-                                     batch_max=min(batch_max, ALARM_BATCH_MAX), **common)
+                                     batch_max=min(batch_max, ALARM_BATCH_MAX), carries_alarms=True, **common)
         self.bulk = IngestConsumer(client_id=client_id, subscriptions=BULK_SUBSCRIPTIONS, batch_max=batch_max,
                                    **common)
         self.lanes = (self.alarms, self.bulk)

@@ -14,7 +14,8 @@ from alarmcentre.clients.access import set_access_info
 from alarmcentre.clients.models import Client, Language
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
-from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.devices.models import Device
+from alarmcentre.devices.service import assign_device
 from alarmcentre.dispatch.models import Channel, PlanStep, ResourceKind, SharedResource
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.users import service as users
@@ -67,8 +68,11 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Mu
                     set_access_info(session, access_cipher, client=client, user=admin,
                                     text=f"Durvju kods {1000 + index * 37}, atslēgu seifs {2000 + index * 53} "
                                          "pie pastkastītes / door code, key safe by the mailbox")
-            session.add(Device(serial=serial, model="demo-pendant", firmware="1.0.0", client_id=client.id,
-                               status=DeviceStatus.INSTALLED, heartbeat_interval_s=60))
+            device = Device(serial=serial, model="demo-pendant", firmware="1.0.0", heartbeat_interval_s=60)
+            session.add(device)
+            session.flush()
+            # Assigned the way a technician assigns one, so its page shows who has had it since when.
+            assign_device(session, device=device, client_id=client.id, reason="demo")
     log.info("demo data ready: %d devices", len(serials))
     return serials
 

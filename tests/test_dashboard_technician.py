@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from alarmcentre.app import create_app
+from alarmcentre.canary import CANARY_MODEL
 from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.devices import service as devices
@@ -81,6 +82,8 @@ def shop(any_db: Database, tmp_path: Path) -> Shop:
         make_device(session, "SPARE_1")  # "_" is a LIKE wildcard: the search must match it literally
         make_device(session, "SPARE-2")
         make_device(session, "BROKEN-1", status=DeviceStatus.FAULTY)
+        # The centre's own test device (alarmcentre up creates it): never stock, never in the inventory.
+        session.add(Device(serial="alarmcentre-canary", model=CANARY_MODEL, status=DeviceStatus.IN_REPAIR))
         session.add(DeviceAssignment(device_id=pendant.id, client_id=marta.id, reason="installed"))
         for name, role in [("op", Role.OPERATOR), ("tech", Role.TECHNICIAN), ("tech2", Role.TECHNICIAN),
                            ("admin", Role.ADMIN)]:
@@ -120,6 +123,7 @@ def test_the_inventory_lists_filters_and_searches(shop: Shop) -> None:
     assert tech_row and "Marta Kalniņa" in tech_row.group(0) and "15 %" in tech_row.group(0)
     assert rows(tech.page("/ui/devices?state=in_stock").text, "device-row", "data-serial") == ["SPARE-2", "SPARE_1"]
     assert rows(tech.page("/ui/devices?state=faulty").text, "device-row", "data-serial") == ["BROKEN-1"]
+    assert rows(tech.page("/ui/devices?state=in_repair").text, "device-row", "data-serial") == []
     assert rows(tech.page("/ui/devices?q=spare").text, "device-row", "data-serial") == ["SPARE-2", "SPARE_1"]
     assert rows(tech.page("/ui/devices?q=E_1").text, "device-row", "data-serial") == ["SPARE_1"]
     assert rows(tech.page("/ui/devices?q=kalni").text, "device-row", "data-serial") == ["TECH-1"]
@@ -373,3 +377,16 @@ def test_operators_read_devices_and_nothing_more_technicians_no_incidents(shop: 
         assert tech.page(path).status_code == 403, path
     assert tech.post(f"/ui/incidents/{shop.incident}/acknowledge").status_code == 403
     assert tech.page("/ui/devices/TECH-1").status_code == 200 and tech.page("/ui/workorders").status_code == 200
+
+
+def test_the_demo_devices_have_their_assignment_on_record(sqlite_db: Database) -> None:
+    """The device page said "Never with a client" for a demo device it showed installed at a client."""
+    from alarmcentre.demo import seed_demo
+
+    serials = seed_demo(sqlite_db.sessions, devices=3)
+    with sqlite_db.sessions() as session:
+        for serial in serials:
+            device = devices.get_by_serial(session, serial)
+            assert device is not None and device.status == DeviceStatus.INSTALLED and device.client_id is not None
+            (current,) = [a for a in devices.assignments(session, device=device) if a.unassigned_at is None]
+            assert current.client_id == device.client_id

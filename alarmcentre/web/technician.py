@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, aliased
 
 from alarmcentre import clock
 from alarmcentre.api_deps import DEVICE_EDITORS, INCIDENT_ROLES, STAFF, SessionDep
+from alarmcentre.canary import CANARY_MODEL
 from alarmcentre.clients import service as clients
 from alarmcentre.clients.models import Client
 from alarmcentre.db import LIKE_ESCAPE, contains_pattern
@@ -226,8 +227,10 @@ def _charts(request: Request, session: Session, device: Device) -> dict[str, Any
 def device_list(request: Request, session: SessionDep, _user: Reader, q: str = "", state: str = "") -> Response:
     text = _clean(q, 64)
     chosen = DeviceStatus(state) if state in {s.value for s in DeviceStatus} else None
+    # The canary is the centre's own test device, not stock to install or repair: its state is the
+    # banner's, not the inventory's (it showed here as "in repair").
     query = (select(Device, Client).outerjoin(Client, Client.id == Device.client_id)
-             .order_by(Device.serial).limit(LIST_LIMIT))
+             .where(Device.model != CANARY_MODEL).order_by(Device.serial).limit(LIST_LIMIT))
     if chosen is not None:
         query = query.where(Device.status == chosen)
     if text:
@@ -235,7 +238,8 @@ def device_list(request: Request, session: SessionDep, _user: Reader, q: str = "
                                 Client.full_name.ilike(contains_pattern(text), escape=LIKE_ESCAPE)))
     rows = [{"device": device, "client": client, "programming": devices.config_state(device).value}
             for device, client in session.execute(query).all()]
-    counts = dict(session.execute(select(Device.status, func.count()).group_by(Device.status)).all())
+    counts = dict(session.execute(select(Device.status, func.count()).where(Device.model != CANARY_MODEL)
+                                  .group_by(Device.status)).all())
     return render(request, "devices.html", {
         "rows": rows, "q": text, "state": chosen.value if chosen else "", "statuses": list(DeviceStatus),
         "counts": {s.value: counts.get(s, 0) for s in DeviceStatus}, "total": sum(counts.values()),

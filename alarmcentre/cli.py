@@ -62,9 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the HTTP API alone (production: several may run)")
     _common(api, api=True)
 
-    ingest = sub.add_parser("ingest", help="the MQTT ingest alone, against an external broker")
+    ingest = sub.add_parser("ingest", help="the ingest alone, against an external broker (several may run on a "
+                            "RabbitMQ cluster: each message goes to one of them)")
     _common(ingest)
-    ingest.add_argument("--mqtt-url", help="broker URL (or ALARMCENTRE_MQTT_URL); required")
+    ingest.add_argument("--mqtt-url", help="MQTT broker URL (or ALARMCENTRE_MQTT_URL): subscribe there")
+    ingest.add_argument("--ingest-url", help="the RabbitMQ cluster's nodes, amqp://user:pw@node1:5672/,amqp://... "
+                        "(or ALARMCENTRE_INGEST_URL): consume its replicated queues instead; one of the two is "
+                        "required")
+    ingest.add_argument("--worker", dest="ingest_worker",
+                        help="this worker's name on the cluster, unique per worker (or ALARMCENTRE_INGEST_WORKER; "
+                        "default: the host name)")
     ingest.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
 
     dc09 = sub.add_parser("receive-dc09", help="the SIA DC-09 receiver alone: alarm panels over TCP and UDP")
@@ -144,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    names = ("database_url", "data_dir", "log_json", "mqtt_url", "broker", "broker_port", "api_host", "api_port",
+    names = ("database_url", "data_dir", "log_json", "mqtt_url", "ingest_url", "ingest_worker", "broker",
+             "broker_port", "api_host", "api_port",
              "metrics_port", "dc09_host", "dc09_port")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return Settings(**overrides)
@@ -215,14 +223,17 @@ def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.health import HealthChecks, database_check, ingest_checks
-    from alarmcentre.ingest.consumer import Ingest
+    from alarmcentre.ingest.consumer import build_ingest
     from alarmcentre.runtime import Database, start_metrics_server
 
-    if not settings.mqtt_url:
-        raise _UsageError("ingest needs a broker: --mqtt-url or ALARMCENTRE_MQTT_URL")
+    if not settings.mqtt_url and not settings.ingest_url:
+        raise _UsageError("ingest needs a broker: --mqtt-url or ALARMCENTRE_MQTT_URL (MQTT), or --ingest-url or "
+                          "ALARMCENTRE_INGEST_URL (the queues of a RabbitMQ cluster)")
     db = Database.open(settings)
-    consumer = Ingest(mqtt_url=settings.mqtt_url, session_factory=db.sessions,
-                      client_id=settings.mqtt_client_id, batch_max=settings.ingest_batch_max, settings=settings)
+    try:
+        consumer = build_ingest(settings, db.sessions)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
     checks = HealthChecks({"database": database_check(db.sessions),
                            **ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s)})
     start_metrics_server(settings, checks)

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
         "mqtt://alarmcentre:password@host:1884; default: embedded broker"
     )
     mqtt_client_id: str = "alarmcentre-ingest"
+    ingest_url: str | None = Field(
+        None, description="where the ingest reads device messages: the nodes of a RabbitMQ cluster, "
+        "amqp://alarmcentre:password@node1:5672/,amqp://alarmcentre:password@node2:5672/ (its replicated "
+        "queues; docs/brokers.md); default: subscribe on mqtt_url")
+    ingest_worker: str | None = Field(
+        None, description="this ingest worker's name on a RabbitMQ cluster, unique among the workers "
+        "(default: the host name)")
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     broker_port: int = EMBEDDED_BROKER_PORT
     api_host: str = "127.0.0.1"

@@ -38,7 +38,7 @@ def configure_logging(settings: Settings) -> None:
     # Routine chatter (every job run, every HTTP request, ten lines per text sent) would bury what
     # operators must see. SQLAlchemy keeps its own loggers at WARNING: at INFO it would print rows,
     # that is names, phone numbers and addresses (no log line may carry personal data: tests/test_logs.py).
-    for noisy in ("apscheduler", "uvicorn.access", "twilio.http_client"):
+    for noisy in ("apscheduler", "uvicorn.access", "twilio.http_client", "pika"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -146,7 +146,7 @@ class Centre:
     def start(self) -> Centre:
         from alarmcentre.app import create_app
         from alarmcentre.devices.publisher import ConfigPublisher
-        from alarmcentre.ingest.consumer import Ingest
+        from alarmcentre.ingest.consumer import build_ingest
         from alarmcentre.scheduler import build_scheduler, readiness_check
 
         settings = self.settings
@@ -170,10 +170,7 @@ class Centre:
                 canary_url = creds.url(settings.canary_serial, self.broker.host, self.broker.port)
                 self.settings = settings = settings.model_copy(update={"canary_mqtt_url": canary_url})
 
-        self.consumer = consumer = Ingest(
-            mqtt_url=self.mqtt_url, session_factory=db.sessions, client_id=settings.mqtt_client_id,
-            batch_max=settings.ingest_batch_max, settings=settings,
-        )
+        self.consumer = consumer = build_ingest(settings, db.sessions, mqtt_url=self.mqtt_url)
         consumer.start()
         self._stack.append(("ingest", consumer.stop))
         # The centre's own login publishes device configurations (retained, QoS 1).

@@ -69,12 +69,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    """Seconds it took, or fail after `timeout` (a bound that catches hangs, not a speed test)."""
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02,
+               explain: Callable[[], str] | None = None) -> float:
+    """Seconds it took, or fail after `timeout` (a bound that catches hangs, not a speed test), saying
+    what `explain` finds."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
+            pytest.fail(f"condition not met within {timeout} s" + (f": {explain()}" if explain else ""))
         time.sleep(step)
     return time.monotonic() - start
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from alarmcentre_sim.connection import BrokerAddress
 from alarmcentre_sim.fleet import Fleet
 from alarmcentre_sim.stats import Stats
 from prometheus_client.parser import text_string_to_metric_families
@@ -88,7 +89,8 @@ class Burst:
     the fault is injected in the middle of the burst however slow the machine, and the rest is
     sent while the fault lasts and after it."""
 
-    def __init__(self, url: str, plan: dict[str, list[str]], *, rate: float, hold_at: int | None = None) -> None:
+    def __init__(self, url: str | BrokerAddress, plan: dict[str, list[str]], *, rate: float,
+                 hold_at: int | None = None) -> None:
         self.plan = plan
         self.total = sum(len(kinds) for kinds in plan.values())
         self.hold_at = hold_at
@@ -128,6 +130,14 @@ class Burst:
             await device.send_event(kind)  # back on PUBACK, or kept in the device's outbox for later
             assert device.seq == seq, "only the plan makes events"
             self.sent.append((serial, seq, kind))
+
+    def describe(self) -> str:
+        """For a failure message: who is connected, what waits in the outboxes."""
+        devices = self.fleet.devices.values()
+        offline = [d.device_id for d in devices if not d.connected.is_set()]
+        waiting = sum(len(d._outbox) for d in devices)
+        return (f"{len(offline)} offline (e.g. {offline[:3]}, last error "
+                f"{next((d.last_error for d in devices if d.last_error), None)}), {waiting} events in outboxes")
 
     @property
     def made(self) -> int:

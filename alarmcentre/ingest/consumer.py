@@ -23,9 +23,9 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -95,6 +95,82 @@ def _update_gauges() -> None:
     metrics.INGEST_QUEUE.set(sum(c.pending for c in consumers))
 
 
+class HasMessage(Protocol):
+    @property
+    def message(self) -> InboundMessage: ...
+
+
+class Lane:
+    """What every lane of the ingest does whatever its broker: commit a batch (retrying while the database
+    is down), tell supervision it is alive, count and log the outcome. Subclasses receive and acknowledge."""
+
+    client_id: str
+    _factory: sessionmaker[Session]
+    _settings: Settings
+    _on_committed: Callable[[list[Result]], None] | None
+    database_ok: bool
+    last_commit_at: float | None
+
+    def _note_alive(self) -> None:
+        """Tell device supervision that the centre is listening (ingest/sessions.py)."""
+        try:
+            with transaction(self._factory, writes=True) as session:
+                record_alive(session, client_id=self.client_id)
+        except DBAPIError as exc:  # the batch commits report the database; this is no reason to stop
+            log.debug("ingest: could not note being alive: %s", error_reason(exc))
+
+    def _commit_with_retry(self, batch: Sequence[HasMessage], wait: Callable[[float], bool]) -> list[Result] | None:
+        """Commit the batch, retrying while the database is down; None if `wait` says to stop first."""
+        delay = 0.5
+        while True:
+            try:
+                with transaction(self._factory, writes=True) as session:
+                    results = process_batch(session, [item.message for item in batch], settings=self._settings)
+                if not self.database_ok:
+                    log.warning("ingest: database is back; committed %d held messages", len(batch))
+                self.database_ok = True
+                metrics.DATABASE_UP.set(1)
+                return results
+            except DBAPIError as exc:
+                self.database_ok = False
+                metrics.DATABASE_UP.set(0)
+                metrics.DATABASE_ERRORS.inc()
+                log.error("ingest: cannot commit %d messages (%s: %s); retrying in %.1fs, nothing acknowledged",
+                          len(batch), type(exc.orig or exc).__name__, error_reason(exc), delay)
+            if wait(delay):
+                return None
+            delay = min(delay * 2, 15.0)
+
+    def _record(self, batch: Sequence[HasMessage], results: list[Result]) -> None:
+        now = clock.now()
+        self.last_commit_at = time.time()
+        metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
+        _update_gauges()
+        accepted: Counter[str] = Counter()
+        for item, result in zip(batch, results, strict=True):
+            metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
+            if result.outcome is Outcome.ACCEPTED:
+                accepted[result.kind] += 1
+                if result.clock_skewed:
+                    metrics.CLOCK_SKEWED_ALARMS.inc()
+                if result.incident_opened is not None:
+                    metrics.INCIDENTS_RAISED.labels(result.kind).inc()
+                    log.info("ingest: incident %d opened (%s)", result.incident_opened, result.kind)
+            elif result.outcome is Outcome.DUPLICATE:
+                metrics.MESSAGES_DUPLICATE.inc()
+            else:
+                metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
+                log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
+        for kind, count in accepted.items():  # one update per kind, not per message: most are heartbeats
+            metrics.MESSAGES_ACCEPTED.labels(kind).inc(count)
+        if self._on_committed is not None:
+            try:
+                self._on_committed(results)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("ingest: on_committed listener failed")
+
+
+
 @dataclass(frozen=True, slots=True)
 class MqttEndpoint:
     host: str
@@ -134,7 +210,7 @@ class _Received:
     at: float  # time.monotonic() at receipt: the readiness lag bound, immune to clock changes
 
 
-class IngestConsumer:
+class IngestConsumer(Lane):
     """Consumes device messages from the broker into the database, at least once, deduplicated."""
 
     def __init__(
@@ -351,7 +427,7 @@ class IngestConsumer:
                 self._in_hand += 1
             if self._alarms_first is not None and not self._carries_alarms:
                 self._alarms_first.wait_for_alarms()
-            results = self._commit_with_retry(batch)
+            results = self._commit_with_retry(batch, self._stop.wait)
             if results is None:
                 return  # stopping while the database is down: the broker keeps the batch
             self._acknowledge(batch)
@@ -360,35 +436,6 @@ class IngestConsumer:
             self._in_hand_since, self._in_hand = None, 0
             self._record(batch, results)
 
-    def _note_alive(self) -> None:
-        """Tell device supervision that the centre is listening (ingest/sessions.py)."""
-        try:
-            with transaction(self._factory, writes=True) as session:
-                record_alive(session, client_id=self.client_id)
-        except DBAPIError as exc:  # the batch commits report the database; this is no reason to stop
-            log.debug("ingest: could not note being alive: %s", error_reason(exc))
-
-    def _commit_with_retry(self, batch: list[_Received]) -> list[Result] | None:
-        delay = 0.5
-        while True:
-            try:
-                with transaction(self._factory, writes=True) as session:
-                    results = process_batch(session, [item.message for item in batch], settings=self._settings)
-                if not self.database_ok:
-                    log.warning("ingest: database is back; committed %d held messages", len(batch))
-                self.database_ok = True
-                metrics.DATABASE_UP.set(1)
-                return results
-            except DBAPIError as exc:
-                self.database_ok = False
-                metrics.DATABASE_UP.set(0)
-                metrics.DATABASE_ERRORS.inc()
-                log.error("ingest: cannot commit %d messages (%s: %s); retrying in %.1fs, nothing acknowledged",
-                          len(batch), type(exc.orig or exc).__name__, error_reason(exc), delay)
-            if self._stop.wait(delay):
-                return None
-            delay = min(delay * 2, 15.0)
-
     def _acknowledge(self, batch: list[_Received]) -> None:
         generation = self._generation
         for item in batch:
@@ -396,34 +443,6 @@ class IngestConsumer:
             # its old mid now means something else, so it must not be acknowledged.
             if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
-
-    def _record(self, batch: list[_Received], results: list[Result]) -> None:
-        now = clock.now()
-        self.last_commit_at = time.time()
-        metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
-        _update_gauges()
-        accepted: Counter[str] = Counter()
-        for item, result in zip(batch, results, strict=True):
-            metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
-            if result.outcome is Outcome.ACCEPTED:
-                accepted[result.kind] += 1
-                if result.clock_skewed:
-                    metrics.CLOCK_SKEWED_ALARMS.inc()
-                if result.incident_opened is not None:
-                    metrics.INCIDENTS_RAISED.labels(result.kind).inc()
-                    log.info("ingest: incident %d opened (%s)", result.incident_opened, result.kind)
-            elif result.outcome is Outcome.DUPLICATE:
-                metrics.MESSAGES_DUPLICATE.inc()
-            else:
-                metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
-                log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
-        for kind, count in accepted.items():  # one update per kind, not per message: most are heartbeats
-            metrics.MESSAGES_ACCEPTED.labels(kind).inc(count)
-        if self._on_committed is not None:
-            try:
-                self._on_committed(results)
-            except Exception:  # a listener's bug must not stop the ingest
-                log.exception("ingest: on_committed listener failed")
 
 
 class Ingest:
@@ -483,3 +502,20 @@ class Ingest:
 
     def waiting_age(self) -> float | None:
         return max((age for lane in self.lanes if (age := lane.waiting_age()) is not None), default=None)
+
+
+def build_ingest(settings: Settings, session_factory: sessionmaker[Session], *, mqtt_url: str | None = None,
+                 on_committed: Callable[[list[Result]], None] | None = None) -> Ingest:
+    """The ingest the settings ask for: on the queues of a RabbitMQ cluster when `ingest_url` is an amqp://
+    URL, else subscribed on the MQTT broker (`mqtt_url`, or the embedded broker's)."""
+    if settings.ingest_url:
+        from alarmcentre.ingest.amqp import AmqpIngest
+
+        return AmqpIngest(amqp_urls=settings.ingest_url, session_factory=session_factory,
+                          client_id=settings.mqtt_client_id, worker=settings.ingest_worker,
+                          batch_max=settings.ingest_batch_max, on_committed=on_committed, settings=settings)
+    url = mqtt_url or settings.mqtt_url
+    if not url:
+        raise ValueError("the ingest needs a broker: ALARMCENTRE_MQTT_URL or ALARMCENTRE_INGEST_URL")
+    return Ingest(mqtt_url=url, session_factory=session_factory, client_id=settings.mqtt_client_id,
+                  batch_max=settings.ingest_batch_max, on_committed=on_committed, settings=settings)

@@ -56,6 +56,10 @@ class BrokerAddress:
     cafile: str | None = None
     # Per-device passwords by serial (`--credentials`): each device logs in as itself.
     passwords: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+    # Further nodes of a cluster (`mqtt://user:pw@node1:1883,node2:1883`): a device starts on one of
+    # them (by its serial) and moves to the next when it loses its connection or cannot connect, as
+    # devices with a primary and a secondary receiver address do.
+    more: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_url(cls, url: str, *, cafile: str | None = None,
@@ -64,7 +68,8 @@ class BrokerAddress:
 
         User and password may be percent-encoded, so passwords with ``@`` or ``:`` work.
         """
-        parts = urlsplit(url)
+        first, *others = url.split(",")
+        parts = urlsplit(first)
         scheme = parts.scheme.lower()
         if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise SimulatorError(f"broker URL {redact(url)!r}: scheme must be mqtt:// or mqtts://")
@@ -77,9 +82,19 @@ class BrokerAddress:
             raise SimulatorError(f"broker URL {redact(url)!r}: {exc}") from None
         if parts.path not in ("", "/"):
             raise SimulatorError(f"broker URL {redact(url)!r}: MQTT URLs have no path")
+        more = []
+        for other in others:
+            node = urlsplit(f"{scheme}://{other.strip()}")
+            try:
+                if not node.hostname or node.username or node.path not in ("", "/"):
+                    raise ValueError("a further node is host[:port] only")
+                more.append((node.hostname, node.port or port))
+            except ValueError as exc:
+                raise SimulatorError(f"broker URL {redact(url)!r}: node {other!r}: {exc}") from None
         return cls(
             host=parts.hostname,
             port=port,
+            more=tuple(more),
             username=unquote(parts.username) if parts.username is not None else None,
             password=unquote(parts.password) if parts.password is not None else None,
             tls=tls,
@@ -102,10 +117,15 @@ class BrokerAddress:
         """A verifying TLS context for mqtts:// (system CAs, or ``cafile`` for a private CA)."""
         return _tls_context(self.cafile) if self.tls else None
 
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        return ((self.host, self.port), *self.more)
+
     def display(self) -> str:
         """The address for messages, never with the password."""
         user = f"{self.username}:***@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+        nodes = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{nodes}"
 
 
 @functools.lru_cache(maxsize=8)

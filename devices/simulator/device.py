@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,6 +181,8 @@ class SimDevice:
         # another one so it does not take over the connection of a running fleet.
         self.client_id = client_id or device_id
         self.timeout = timeout
+        # Which node of the broker's (one, unless a cluster) this device talks to; spread by serial.
+        self._node = zlib.crc32(device_id.encode()) % len(broker.nodes)
 
         # seq starts at the Unix time in ms, so a restarted simulator continues above
         # the seqs it sent before (as long as it averaged under 1000 events/s).
@@ -255,6 +258,7 @@ class SimDevice:
                 if outcome == "ended" or self._stopping:
                     backoff = 1.0
                     continue
+                self._node = (self._node + 1) % len(self.broker.nodes)  # lost or refused: try the next node
                 delay = backoff * self._rng.uniform(0.5, 1.5)
                 backoff = min(backoff * 2, RECONNECT_MAX_DELAY)
                 self._wake.clear()
@@ -308,9 +312,10 @@ class SimDevice:
         await self.offline.wait()
 
     def _new_client(self) -> DeviceClient:
+        host, port = self.broker.nodes[self._node]
         client = DeviceClient(
-            self.broker.host,
-            self.broker.port,
+            host,
+            port,
             username=self.username,
             password=self._password,
             identifier=self.client_id,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -278,10 +278,19 @@ def config_state(session: Session, settings: Settings, now: datetime) -> int:
 
 
 def republish_configs(factory: sessionmaker[Session], publisher: ConfigPublisher, *, limit: int = 500) -> int:
-    """Publish desired configurations the broker does not hold yet (the broker was down at save time)."""
+    """Publish desired configurations the broker does not hold yet (the broker was down at save time), and
+    again to a device that reconnected since with the configuration still pending: a retained message is
+    kept per node on a RabbitMQ cluster, so a device that comes back through another node would not get it
+    (docs/brokers.md). A device that refused the version is not sent it again."""
+    pending_since_reconnect = and_(
+        Device.desired_config_version > 0,
+        func.coalesce(Device.reported_config_version, 0) < Device.desired_config_version,
+        func.coalesce(Device.config_failed_version, 0) != Device.desired_config_version,
+        Device.config_published_at.is_not(None), Device.connected_at > Device.config_published_at)
     with factory() as session:
         due = session.execute(select(Device.id, Device.serial, Device.desired_config_version, Device.desired_config)
-                              .where(Device.config_published_version < Device.desired_config_version,
+                              .where(or_(Device.config_published_version < Device.desired_config_version,
+                                         pending_since_reconnect),
                                      Device.status != DeviceStatus.RETIRED)
                               .order_by(Device.id).limit(limit)).all()
     metrics.CONFIGS_UNPUBLISHED.set(len(due))

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from alarmcentre import __version__
@@ -131,9 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Mosquitto acl_file that must confine devices to their topics "
                            "(default config/mosquitto/acl; created if missing)")
     provision.add_argument("--model", default="generic", help="device model when registering (default generic)")
+    provision.add_argument("--rabbitmq-definitions", metavar="FILE",
+                           help="a RabbitMQ cluster instead of Mosquitto: add the login to this definitions file "
+                           "(created if missing; `rabbitmqctl import_definitions FILE` applies it), not to the "
+                           "Mosquitto files")
     provision.add_argument("--embedded", action="store_true",
                            help="also let the device log in to the embedded broker of `alarmcentre up` "
                            "(stored in DATA_DIR/broker/credentials.json; applies at the next start)")
+    rabbit = sub.add_parser(
+        "rabbitmq-definitions", help="write the centre's part of a RabbitMQ cluster into a definitions file: its "
+        "replicated queues, their bindings, the device subscription policy and the centre's login (docs/brokers.md)")
+    _common(rabbit)
+    rabbit.add_argument("file", help="definitions file to create or bring up to date (device logins in it are kept)")
+    rabbit.add_argument("--new-centre-password", action="store_true",
+                        help="replace the centre's password (printed once); without it a new one is made only "
+                        "when the file has no centre login")
     dc09_account = devices_sub.add_parser(
         "dc09", help="give a device a SIA DC-09 account (its panel's account number) and AES key; registers the "
         "device if missing (docs/dc09.md)")
@@ -169,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "receive-dc09": _cmd_receive_dc09,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
         "integration": _cmd_integration, "access-key": _cmd_access_key, "keys": _cmd_keys,
+        "rabbitmq-definitions": _cmd_rabbitmq_definitions,
     }
     from sqlalchemy.exc import OperationalError
 
@@ -412,7 +426,6 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     if args.devices_command == "dc09":
         return _cmd_devices_dc09(args, settings)
     import json
-    from pathlib import Path
 
     from alarmcentre.broker import provision
     from alarmcentre.db import transaction
@@ -431,6 +444,8 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
         if registered:
             service.register_device(session, data=DeviceIn(serial=serial, model=args.model))
     password = provision.new_password()
+    if args.rabbitmq_definitions:
+        return _provision_on_rabbitmq(Path(args.rabbitmq_definitions), serial, password, registered=registered)
     added = provision.ensure_acl(Path(args.acl_file))
     new_login = provision.set_password(Path(args.password_file), serial, password)
     if args.embedded:
@@ -448,9 +463,50 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _provision_on_rabbitmq(path: Path, serial: str, password: str, *, registered: bool) -> int:
+    from alarmcentre.broker import rabbitmq
+
+    definitions = rabbitmq.load(path)
+    new_login = rabbitmq.set_login(definitions, serial, password)
+    rabbitmq.save(path, definitions)
+    print(f"device {serial}: {'registered, ' if registered else ''}"
+          f"{'new broker login' if new_login else 'broker password replaced'} in {path}")
+    print(f"username: {serial}")
+    print(f"password: {password}")
+    print(f"The password is shown only this once. Apply the file: rabbitmqctl import_definitions {path}")
+    return 0
+
+
+def _cmd_rabbitmq_definitions(args: argparse.Namespace, _settings: Settings) -> int:
+    """`rabbitmq-definitions FILE`: the centre's topology always current; its password printed once."""
+
+    from alarmcentre.broker import provision, rabbitmq
+    from alarmcentre.broker.acl import CENTRE_USER
+
+    path = Path(args.file)
+    try:
+        definitions = rabbitmq.load(path)
+    except (OSError, ValueError) as exc:
+        raise _UsageError(f"{path}: not a definitions file: {exc}") from exc
+    has_login = any(user.get("name") == CENTRE_USER for user in definitions["users"])
+    password = None
+    if args.new_centre_password or not has_login:
+        password = provision.new_password()
+        rabbitmq.set_login(definitions, CENTRE_USER, password)
+    rabbitmq.save(path, definitions)
+    devices = sum(1 for user in definitions["users"] if user.get("name") != CENTRE_USER)
+    print(f"{path}: queues {', '.join(rabbitmq.QUEUES)}, the device subscription policy, "
+          f"{devices} device logins kept")
+    if password is not None:
+        print(f"centre login: {CENTRE_USER}")
+        print(f"password: {password}")
+        print("The password is shown only this once: put it in ALARMCENTRE_INGEST_URL and ALARMCENTRE_MQTT_URL.")
+    print(f"Apply it: rabbitmqctl import_definitions {path} (or load_definitions in rabbitmq.conf)")
+    return 0
+
+
 def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
     """`devices dc09 SERIAL --account N [--key-file F]`: the key is stored encrypted with the access key."""
-    from pathlib import Path
 
     from alarmcentre.clients.access import AccessKeyError, load_cipher
     from alarmcentre.db import transaction

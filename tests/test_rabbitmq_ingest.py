@@ -9,6 +9,7 @@ from 1,000 devices, every node killed at once, a database outage) are in bench/i
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +21,14 @@ from alarmcentre_sim.connection import BrokerAddress
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from alarmcentre.devices.models import DeviceEvent
+from alarmcentre import care
+from alarmcentre.db import transaction
+from alarmcentre.devices import service as devices
+from alarmcentre.devices.models import Device, DeviceEvent
+from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.incidents.models import Incident
 from alarmcentre.ingest.amqp import ALARMS_QUEUE, BULK_QUEUE, AmqpIngest
-from alarmcentre.ingest.protocol import alarms_topic, events_topic
+from alarmcentre.ingest.protocol import alarms_topic, config_topic, events_topic, status_topic
 from alarmcentre.runtime import Database
 from tests.conftest import CentreProcess, free_port, ingest_subscribed, wait_until
 from tests.factories import count_rows as count
@@ -60,6 +65,8 @@ class MqttDevice:
                                   protocol=mqtt.MQTTv311)
         self.client.username_pw_set(serial, password or device_password(serial))
         self.client.on_disconnect = lambda *_args: self.closed.set()
+        self.received: list[tuple[str, bytes]] = []
+        self.client.on_message = lambda _c, _u, msg: self.received.append((msg.topic, bytes(msg.payload)))
         connected = threading.Event()
 
         def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object) -> None:
@@ -80,6 +87,12 @@ class MqttDevice:
         except (RuntimeError, ValueError):
             return False
         return info.is_published()
+
+    def subscribe(self, topic: str) -> None:
+        granted = threading.Event()
+        self.client.on_subscribe = lambda *_args: granted.set()
+        self.client.subscribe(topic, qos=1)
+        assert granted.wait(10), f"{self.serial}: no SUBACK"
 
     def close(self) -> None:
         self.client.disconnect()
@@ -141,6 +154,53 @@ def test_a_device_can_publish_only_as_itself_and_only_with_its_own_password(
         assert rabbit.queue_depths()[ALARMS_QUEUE] == 1
     finally:
         honest.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_device_that_comes_back_through_another_node_is_sent_its_pending_configuration(
+    rabbit: Rabbit, postgres_db: Database
+) -> None:
+    serial = DEVICES[3]
+    setup_devices(postgres_db.sessions, [serial])
+    ingest = AmqpIngest(amqp_urls=rabbit.ingest_url(), session_factory=postgres_db.sessions, worker="t-config")
+    publisher = ConfigPublisher(rabbit.mqtt_url(node=0), timeout_s=5)
+    ingest.start()
+    try:
+        assert ingest.wait_connected(30)
+        with transaction(postgres_db.sessions, writes=True) as session:
+            device = devices.get_by_serial(session, serial)
+            assert device is not None
+            devices.set_desired_config(session, device=device, config={"volume": 3}, actor="user:t")
+        assert care.republish_configs(postgres_db.sessions, publisher) == 1  # retained, on node 0 only
+        client = MqttDevice(rabbit, serial, node=2)
+        try:
+            client.subscribe(config_topic(serial))
+            time.sleep(1.0)
+            assert client.received == [], "RabbitMQ 3.10 keeps retained messages per node (docs/brokers.md)"
+            assert client.publish(status_topic(serial), b"online")
+            wait_until(lambda: connected_at(postgres_db, serial) is not None, 20)
+            assert care.republish_configs(postgres_db.sessions, publisher) == 1, "sent again after the reconnect"
+            wait_until(lambda: len(client.received) == 1, 10)
+            assert json.loads(client.received[0][1])["version"] == 1
+            assert care.republish_configs(postgres_db.sessions, publisher) == 0, "once per reconnect"
+            # A device that refused the version is not sent it again, however often it reconnects.
+            assert client.publish(events_topic(serial), event_payload(1, "config_failed", version=1,
+                                                                      reason="volume out of range"))
+            wait_until(lambda: count(postgres_db, DeviceEvent) == 1, 20)
+            before = connected_at(postgres_db, serial)
+            assert client.publish(status_topic(serial), b"online")
+            wait_until(lambda: connected_at(postgres_db, serial) != before, 20)
+            assert care.republish_configs(postgres_db.sessions, publisher) == 0
+        finally:
+            client.close()
+    finally:
+        publisher.close()
+        ingest.stop()
+
+
+def connected_at(db: Database, serial: str) -> object:
+    with db.sessions() as session:
+        return session.scalar(select(Device.connected_at).where(Device.serial == serial))
 
 
 def alarm_waits(db: Database) -> list[float]:

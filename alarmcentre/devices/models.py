@@ -42,6 +42,9 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None]
     online: Mapped[bool] = mapped_column(default=False)
     online_changed_at: Mapped[datetime | None]
+    # The device's last (re)connection: its `online` status, even when it was online already (a broker
+    # node died under it and it came back through another).
+    connected_at: Mapped[datetime | None]
     heartbeat_interval_s: Mapped[int] = mapped_column(default=60)
     # Programming state: the centre writes desired, the device reports what it applied.
     desired_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -52,6 +55,7 @@ class Device(Base):
     config_changed_at: Mapped[datetime | None]  # when desired_config last changed: "pending since"
     # The version the broker holds retained for the device; behind desired when a publish failed.
     config_published_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    config_published_at: Mapped[datetime | None]  # when the centre last published the desired configuration
     last_test_call_at: Mapped[datetime | None]  # the monthly test press
     tamper_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)

@@ -159,8 +159,9 @@ def set_desired_config(session: Session, *, device: Device, config: dict[str, An
 
 def mark_published(session: Session, *, device_id: int, version: int) -> None:
     """The broker holds `version` retained; never move backwards (a slower publisher may finish last)."""
-    session.execute(update(Device).where(Device.id == device_id, Device.config_published_version < version)
-                    .values(config_published_version=version).execution_options(synchronize_session=False))
+    session.execute(update(Device).where(Device.id == device_id, Device.config_published_version <= version)
+                    .values(config_published_version=version, config_published_at=clock.now())
+                    .execution_options(synchronize_session=False))
 
 
 def config_versions(session: Session, *, device: Device, limit: int = 100) -> Sequence[DeviceConfigVersion]:

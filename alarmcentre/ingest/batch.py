@@ -72,7 +72,7 @@ _BATTERY: Table = BatteryReading.__table__  # type: ignore[assignment]
 _SIGNAL: Table = SignalReading.__table__  # type: ignore[assignment]
 
 # The device columns the set-based path reads and may write.
-_STATE_COLUMNS = ("online", "online_changed_at", "last_seen_at", "battery_level", "battery_low",
+_STATE_COLUMNS = ("online", "online_changed_at", "connected_at", "last_seen_at", "battery_level", "battery_low",
                   "battery_at", "rssi", "mains_power", "mains_changed_at", "tamper_at")
 
 
@@ -270,6 +270,8 @@ def _apply_status(device: _DeviceState, parsed: ParsedStatus, received_at: datet
         device.set("online_changed_at", received_at)
     if parsed.online:
         device.seen(received_at)
+        if _newer(received_at, device.values["connected_at"]):
+            device.set("connected_at", received_at)
 
 
 def _apply_state(device: _DeviceState, parsed: ParsedEvent, occurred_at: datetime, settings: Settings) -> None:

@@ -122,6 +122,7 @@ def _apply_status(device: Device, parsed: ParsedStatus, received_at: datetime) -
         device.online_changed_at = received_at
     if parsed.online:
         device.last_seen_at = _later(device.last_seen_at, received_at)
+        device.connected_at = _later(device.connected_at, received_at)
     return Result(Outcome.ACCEPTED, "status")
 
 

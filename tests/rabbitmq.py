@@ -36,8 +36,13 @@ def device_password(serial: str) -> str:
 class Rabbit:
     """The running cluster, and the URLs the centre and the devices use on it."""
 
-    def __init__(self, cluster: RabbitCluster) -> None:
+    def __init__(self, cluster: RabbitCluster, definitions: Path) -> None:
         self.cluster = cluster
+        self.definitions = definitions  # the test logins: import again after a test changed logins
+
+    def import_definitions(self, path: Path | None = None) -> None:
+        alive = next(i for i, node in enumerate(self.cluster.nodes) if node.pid)
+        self.cluster.ctl(alive, "import_definitions", str(path or self.definitions))
 
     def ingest_url(self, nodes: list[int] | None = None) -> str:
         indexes = range(len(self.cluster.nodes)) if nodes is None else nodes
@@ -88,8 +93,9 @@ def start_cluster() -> Iterator[Rabbit]:
             rabbitmq.set_login(definitions, serial, device_password(serial))
         path = base / "definitions.json"
         rabbitmq.save(path, definitions)
-        cluster.ctl(0, "import_definitions", str(path))
-        yield Rabbit(cluster)
+        rabbit = Rabbit(cluster, path)
+        rabbit.import_definitions()
+        yield rabbit
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)

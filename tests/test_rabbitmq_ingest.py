@@ -10,6 +10,8 @@ from 1,000 devices, every node killed at once, a database outage) are in bench/i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 from alarmcentre import care
+from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.devices import service as devices
 from alarmcentre.devices.models import Device, DeviceEvent
@@ -33,7 +36,7 @@ from alarmcentre.runtime import Database
 from tests.conftest import CentreProcess, free_port, ingest_subscribed, wait_until
 from tests.factories import count_rows as count
 from tests.factories import event_payload, setup_devices
-from tests.rabbitmq import DEVICES, Rabbit, device_password, start_cluster
+from tests.rabbitmq import CENTRE_PASSWORD, DEVICES, Rabbit, device_password, start_cluster
 from tests.test_faults import Burst, assert_each_message_once, burst_plan, centre_env, scrape
 
 pytestmark = pytest.mark.needs_true_clock
@@ -196,6 +199,46 @@ def test_a_device_that_comes_back_through_another_node_is_sent_its_pending_confi
     finally:
         publisher.close()
         ingest.stop()
+
+
+@pytest.mark.timeout(180)
+def test_logins_written_by_the_cli_let_the_centre_and_a_provisioned_device_in(
+    rabbit: Rabbit, tmp_path: Path
+) -> None:
+    """What docs/operations.md tells an operator to run, run: the printed passwords work on the cluster."""
+    definitions, database = tmp_path / "definitions.json", f"sqlite:///{tmp_path / 'centre.sqlite3'}"
+
+    def cli(*args: str) -> dict[str, str]:
+        out = subprocess.run([sys.executable, "-m", "alarmcentre.cli", *args, "--database-url", database],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+
+    centre = cli("rabbitmq-definitions", str(definitions))["password"]
+    device = cli("devices", "provision", "RMQ-CLI-1", "--rabbitmq-definitions", str(definitions))["password"]
+    assert "password" not in cli("rabbitmq-definitions", str(definitions)), "the centre's password stays"
+    assert centre not in definitions.read_text() and device not in definitions.read_text(), "only hashes stored"
+    assert definitions.stat().st_mode & 0o077 == 0, "the file is the owner's alone"
+    rabbit.import_definitions(definitions)
+    try:
+        db = Database.open(Settings(database_url=database, data_dir=tmp_path))
+        ingest = AmqpIngest(amqp_urls=rabbit.ingest_url().replace(CENTRE_PASSWORD, centre),
+                            session_factory=db.sessions, worker="t-cli")
+        ingest.start()
+        try:
+            assert ingest.wait_connected(30), "the centre's printed password did not log in"
+            client = MqttDevice(rabbit, "RMQ-CLI-1", node=1, password=device)
+            try:
+                assert client.refused is None, client.refused
+                assert client.publish(alarms_topic("RMQ-CLI-1"), event_payload(1, "button_press"))
+            finally:
+                client.close()
+            wait_until(lambda: count(db, DeviceEvent) == 1, 20)
+        finally:
+            ingest.stop()
+            db.engine.dispose()
+    finally:
+        rabbit.import_definitions()  # the other tests' logins and the centre's test password back
 
 
 def connected_at(db: Database, serial: str) -> object:

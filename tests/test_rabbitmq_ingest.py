@@ -33,7 +33,7 @@ from alarmcentre.incidents.models import Incident
 from alarmcentre.ingest.amqp import ALARMS_QUEUE, BULK_QUEUE, AmqpIngest
 from alarmcentre.ingest.protocol import alarms_topic, config_topic, events_topic, status_topic
 from alarmcentre.runtime import Database
-from tests.conftest import CentreProcess, free_port, ingest_subscribed, wait_until
+from tests.conftest import CentreProcess, PostgresCluster, free_port, ingest_subscribed, migrated_database, wait_until
 from tests.factories import count_rows as count
 from tests.factories import event_payload, setup_devices
 from tests.rabbitmq import CENTRE_PASSWORD, DEVICES, Rabbit, device_password, start_cluster
@@ -307,3 +307,55 @@ def test_four_workers_lose_and_repeat_nothing_when_a_worker_and_a_broker_node_ar
           f"dropped as duplicates; longest alarm wait {waits[-1]:.2f} s (median {waits[len(waits) // 2]:.2f} s); "
           f"all stored {drained:.1f} s after the burst; {time.monotonic() - started:.1f} s in all")
     assert waits[-1] < 120, "an alarm waited past the generous bound that catches a hang"
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_hold_everything_through_a_20_s_database_outage(
+    rabbit: Rabbit, private_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    url = private_postgres.create_database()
+    db = migrated_database(url)
+    serials = DEVICES[100:160]
+    setup_devices(db.sessions, serials)
+    plan = burst_plan(serials, per_device=10, seed=3)
+    workers = [CentreProcess("ingest", centre_env(url, rabbit.mqtt_url(), tmp_path / f"w{n}",
+                                                  ingest_url=rabbit.ingest_url(), ingest_worker=f"db{n}",
+                                                  metrics_port=free_port()), tmp_path / f"ingest-{n}.log").start()
+               for n in range(2)]
+    burst = Burst(BrokerAddress.from_url(rabbit.devices_url(), passwords=rabbit.passwords), plan, rate=30, hold_at=2)
+    try:
+        for worker in workers:
+            wait_until(lambda w=worker: ingest_subscribed(w.log), timeout=60, step=0.1)  # type: ignore[misc]
+        burst.connect()
+        burst.start()
+        wait_until(lambda: burst.made >= 60 and count(db, DeviceEvent) > 0, timeout=60, step=0.05)
+        made_at_stop = burst.made
+        down = time.monotonic()
+        private_postgres.stop("fast")
+        burst.release()
+        try:
+            wait_until(lambda: all("cannot commit" in w.log_tail(20_000) for w in workers), timeout=20, step=0.1)
+            time.sleep(max(0.0, 20.0 - (time.monotonic() - down)))
+            waiting = rabbit.queue_depths()
+            assert all(w.alive for w in workers), "\n".join(w.log_tail() for w in workers)
+        finally:
+            private_postgres.start()
+        outage = time.monotonic() - down
+        burst.wait(60)
+        drained = wait_until(lambda: count(db, DeviceEvent) >= burst.total, timeout=120, step=0.2)
+        time.sleep(1.0)
+        assert all(w.alive for w in workers)
+    finally:
+        burst.stop()
+        for worker in workers:
+            worker.stop()
+    try:
+        figures = assert_each_message_once(db, burst.sent)
+        waits = alarm_waits(db)
+    finally:
+        db.engine.dispose()
+    assert all("database is back" in w.log.read_text() for w in workers)
+    assert not any("lost the broker" in w.log.read_text() for w in workers), "the outage cost a broker connection"
+    print(f"database outage on the cluster: {figures}; {made_at_stop} made before the stop, down {outage:.1f} s, "
+          f"queues at the end of it {waiting}; all stored {drained:.1f} s after it was back; longest alarm wait "
+          f"{waits[-1]:.1f} s")

@@ -51,6 +51,7 @@ QUEUE_BATCHES = 2
 
 BULK_SUBSCRIPTIONS = (EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION)
 ALARM_SUBSCRIPTIONS = (ALARMS_SUBSCRIPTION,)
+DATABASE_RETRY_MAX_S = 3.0
 # Alarms come one by one; a small batch bounds what one slow commit holds back.
 ALARM_BATCH_MAX = 50
 
@@ -139,7 +140,8 @@ class Lane:
                           len(batch), type(exc.orig or exc).__name__, error_reason(exc), delay)
             if wait(delay):
                 return None
-            delay = min(delay * 2, 15.0)
+            # Short: an alarm waits out the outage plus at most this, and a retry costs the database little.
+            delay = min(delay * 2, DATABASE_RETRY_MAX_S)
 
     def _record(self, batch: Sequence[HasMessage], results: list[Result]) -> None:
         now = clock.now()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from alarmcentre_sim.connection import BrokerAddress
@@ -294,6 +295,10 @@ def test_four_workers_lose_and_repeat_nothing_when_a_worker_and_a_broker_node_ar
                          for w in alive)
         shares = [scrape(int(w.env["ALARMCENTRE_METRICS_PORT"]), "alarmcentre_ingest_messages_received_total")
                   for w in alive]
+        for worker in alive:  # ready again: connected to a living node, committing
+            port = worker.env["ALARMCENTRE_METRICS_PORT"]
+            wait_until(lambda p=port: httpx.get(f"http://127.0.0.1:{p}/readyz").status_code == 200,  # type: ignore[misc]
+                       timeout=30, step=0.5, explain=lambda p=port: httpx.get(f"http://127.0.0.1:{p}/readyz").text)  # type: ignore[misc]
     finally:
         stats = burst.stop()
         for worker in workers:

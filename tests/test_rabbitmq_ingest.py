@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 from alarmcentre import care
+from alarmcentre.broker.acl import CENTRE_USER
 from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.devices import service as devices
@@ -83,9 +84,9 @@ class MqttDevice:
         self.client.loop_start()
         assert connected.wait(10), f"{serial}: no CONNACK"
 
-    def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+    def publish(self, topic: str, payload: bytes, timeout: float = 5.0, retain: bool = False) -> bool:
         """True once the broker acknowledged it (PUBACK)."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError):
@@ -164,7 +165,7 @@ def test_a_device_can_publish_only_as_itself_and_only_with_its_own_password(
 def test_a_device_that_comes_back_through_another_node_is_sent_its_pending_configuration(
     rabbit: Rabbit, postgres_db: Database
 ) -> None:
-    serial = DEVICES[3]
+    serial = DEVICES[199]  # a device no other test of the module uses: the retained message outlives the test
     setup_devices(postgres_db.sessions, [serial])
     ingest = AmqpIngest(amqp_urls=rabbit.ingest_url(), session_factory=postgres_db.sessions, worker="t-config")
     publisher = ConfigPublisher(rabbit.mqtt_url(node=0), timeout_s=5)
@@ -198,6 +199,9 @@ def test_a_device_that_comes_back_through_another_node_is_sent_its_pending_confi
         finally:
             client.close()
     finally:
+        centre = MqttDevice(rabbit, CENTRE_USER, node=0, password=CENTRE_PASSWORD)
+        centre.publish(config_topic(serial), b"", retain=True)  # an empty retained message clears it
+        centre.close()
         publisher.close()
         ingest.stop()
 

@@ -30,7 +30,10 @@ from tests.factories import Clock, make_client, make_device, message
 
 PASSWORD = "night-shift-1"
 PASSWORD_HASH = users._hasher.hash(PASSWORD)  # argon2 is slow on purpose: hash once
-DOOR_CODE = "Door 4711, key safe 0815 behind the mailbox"
+DOOR_CODE = "Door code QZ4711, key safe 0815 behind the mailbox"
+# What must never show: letters outside hex and base64 runs, so a random CSRF token or ciphertext
+# cannot contain it by chance (a bare "4711" once matched a CSRF token).
+SECRET = "code QZ4711"
 
 
 class Browser:
@@ -203,27 +206,27 @@ def test_access_information_is_encrypted_revealed_only_to_the_owner_and_audited(
     assert admin.post(f"/ui/clients/{client_id}", form).status_code == 303
     with db.sessions() as session:
         stored = session.get(ClientAccess, client_id)
-        assert stored is not None and "4711" not in stored.ciphertext and "Door" not in stored.ciphertext
+        assert stored is not None and SECRET not in stored.ciphertext and "mailbox" not in stored.ciphertext
     # The admin's own pages never show it back.
-    assert "4711" not in admin.http.get(f"/ui/clients/{client_id}").text
+    assert SECRET not in admin.http.get(f"/ui/clients/{client_id}").text
 
     owner, other, tech = Browser(app), Browser(app), Browser(app)
     owner.login("op-a")
     other.login("op-b")
     tech.login("tech")
     before = owner.http.get(f"/ui/incidents/{incident_id}").text
-    assert 'data-testid="access-hidden"' in before and "4711" not in before
+    assert 'data-testid="access-hidden"' in before and SECRET not in before
     refused = owner.post(f"/ui/incidents/{incident_id}/reveal")
-    assert refused.status_code == 403 and "4711" not in refused.text  # not taken yet
+    assert refused.status_code == 403 and SECRET not in refused.text  # not taken yet
     assert owner.post(f"/ui/incidents/{incident_id}/acknowledge").status_code == 303
     page = owner.http.get(f"/ui/incidents/{incident_id}").text
-    assert 'data-testid="reveal"' in page and "4711" not in page
+    assert 'data-testid="reveal"' in page and SECRET not in page
     shown = owner.post(f"/ui/incidents/{incident_id}/reveal")
     assert shown.status_code == 200 and DOOR_CODE in shown.text
     assert shown.headers["cache-control"] == "no-store"
     for outsider in (other, tech, admin):
         response = outsider.post(f"/ui/incidents/{incident_id}/reveal")
-        assert response.status_code == 403 and "4711" not in response.text
+        assert response.status_code == 403 and SECRET not in response.text
     assert owner.post(f"/ui/incidents/{incident_id}/resolve", {"outcome": "accidental_press"}).status_code == 303
     assert owner.post(f"/ui/incidents/{incident_id}/reveal").status_code == 403  # closed: no more
 

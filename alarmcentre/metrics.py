@@ -86,3 +86,13 @@ DC09_FRAMES_RECEIVED = Counter("alarmcentre_dc09_frames_received_total", "DC-09 
 DC09_ANSWERS = Counter(
     "alarmcentre_dc09_answers_total",
     "DC-09 frames by answer (ack, nak, duh, none) and reason (ok, or the dead letter's reason)", ["answer", "reason"])
+
+# Voice calls through Twilio (alarmcentre/voice; docs/voice.md).
+VOICE_CALLS = Counter("alarmcentre_voice_calls_total",
+                      "Calls: incoming by caller (client, device, unknown), placed for operators by purpose",
+                      ["purpose", "caller"])
+VOICE_OPERATOR_NOT_REACHED = Counter("alarmcentre_voice_operator_not_reached_total",
+                                     "Calls to an operator's own phone that did not connect them")
+VOICE_ANSWER_SECONDS = Histogram("alarmcentre_voice_answer_seconds",
+                                 "From the incident opening to an operator speaking with the caller",
+                                 buckets=(10, 30, 60, 90, 120, 180, 300, 600, 1800))

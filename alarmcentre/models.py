@@ -21,11 +21,12 @@ from alarmcentre.tasks.models import OperatorTask
 from alarmcentre.users.models import ApiToken, IntegrationKey, User
 from alarmcentre.users.throttle import LoginThrottle
 from alarmcentre.visits.models import HomeCareWorker, Visit
+from alarmcentre.voice.models import VoiceCall
 from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
     "AccessReveal", "ApiToken", "BatteryReading", "CanaryBeat", "Client", "ClientAccess", "Contact", "DeadLetter",
     "Device", "DeviceAssignment", "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep",
     "IngestSession", "IntegrationKey", "LoginThrottle", "Municipality", "OperatorTask", "PlanStep", "SharedResource",
-    "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "Visit", "WorkOrder", "WorkOrderNote",
+    "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "Visit", "VoiceCall", "WorkOrder", "WorkOrderNote",
 ]

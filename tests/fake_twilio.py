@@ -1,4 +1,4 @@
-"""A local stand-in for Twilio's Messages API, checking requests the way Twilio does.
+"""A local stand-in for Twilio's Messages and Calls APIs, checking requests the way Twilio does.
 
 It serves `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` on 127.0.0.1 (a free port)
 for the real `twilio` library, pointed at it with `Settings.twilio_api_base`:
@@ -9,6 +9,12 @@ for the real `twilio` library, pointed at it with `Settings.twilio_api_base`:
   (21603 missing, 21606 not ours), `To` unlike `From` (21266), `Body` non-empty (21602) and
   at most 1600 characters (21617), `StatusCallback` an absolute http(s) URL if given (21609);
 - success: 201 with the message resource as JSON (sid "SM" + 32 hex, status "queued").
+
+`POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (voice) checks the same auth, then `To` in
+E.164 (21211), `From` the account's number (21210), `Twiml` or `Url` (21205), TwiML that parses
+as XML with a `Response` root (12100), `StatusCallback` absolute (21609) and `StatusCallbackEvent`
+among initiated/ringing/answered/completed (21626); success: 201, sid "CA" + 32 hex, "queued".
+Incoming calls and call status callbacks can be made and signed as Twilio sends them.
 
 It records every request, can fail or stall the next requests on demand, and can deliver a
 status callback signed as Twilio signs it (HMAC-SHA1 of URL + sorted fields, with the auth
@@ -25,6 +31,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +43,8 @@ from twilio.request_validator import RequestValidator
 
 API_VERSION = "2010-04-01"
 _MESSAGES_PATH = re.compile(rf"^/{API_VERSION}/Accounts/([^/]+)/Messages\.json$")
+_CALLS_PATH = re.compile(rf"^/{API_VERSION}/Accounts/([^/]+)/Calls\.json$")
+CALL_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_BODY = 1600
 
@@ -53,6 +62,10 @@ TO_REQUIRED = 21604
 FROM_NOT_OURS = 21606
 INVALID_STATUS_CALLBACK = 21609
 BODY_TOO_LONG = 21617
+URL_REQUIRED = 21205
+CALL_FROM_NOT_OURS = 21210
+INVALID_CALL_EVENT = 21626
+TWIML_PARSE_FAILURE = 12100
 _DEFAULT_CODE = {429: TOO_MANY_REQUESTS, 500: INTERNAL_ERROR, 503: SERVICE_UNAVAILABLE}
 
 # GSM 03.38: the basic table (one septet each) and the extension table (an escape + one septet).
@@ -104,6 +117,20 @@ class Message:
 
 
 @dataclass
+class Call:
+    """A call the fake accepted (the centre ringing a phone)."""
+
+    sid: str
+    to: str
+    from_: str
+    twiml: str
+    status_callback: str | None
+    events: list[str]
+    status: str = "queued"
+    sequence: int = 0
+
+
+@dataclass
 class Callback:
     """A status callback as Twilio would POST it: to `url`, the form `form`, signed by `signature`."""
 
@@ -136,6 +163,7 @@ class FakeTwilio:
         self.from_number = from_number
         self.requests: list[Request] = []
         self.messages: dict[str, Message] = {}
+        self.calls: dict[str, Call] = {}
         self._failures: list[_Failure] = []
         self._stalls = 0
         self._release = threading.Event()
@@ -248,6 +276,32 @@ class FakeTwilio:
                 "SmsMessageSid": sid, "SmsSid": sid, "SmsStatus": "received", "To": to or self.from_number,
                 "ToCountry": "LV"}
 
+    def signed(self, url: str, form: Mapping[str, str]) -> Callback:
+        """Any webhook request as Twilio sends it: `form` POSTed to `url`, signed."""
+        return Callback(url, dict(form), self.sign(url, form))
+
+    def incoming_call(self, *, from_: str, to: str | None = None, sid: str | None = None) -> dict[str, str]:
+        """The form Twilio POSTs to the voice webhook when someone calls the account's number."""
+        sid = sid or new_sid("CA")
+        to = to or self.from_number
+        return {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": sid, "CallStatus": "ringing",
+                "Called": to, "Caller": from_, "Direction": "inbound", "From": from_, "FromCountry": "LV",
+                "To": to, "ToCountry": "LV"}
+
+    def call_status(self, sid: str, status: str, *, duration: int | None = None) -> Callback:
+        """A status callback of a call the centre placed, to its StatusCallback URL."""
+        call = self.calls[sid]
+        assert call.status_callback, f"call {sid} was placed without a StatusCallback"
+        form = {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": sid, "CallStatus": status,
+                "Direction": "outbound-api", "From": call.from_, "To": call.to,
+                "SequenceNumber": str(call.sequence),
+                "Timestamp": format_datetime(datetime.now(UTC), usegmt=True)}
+        if duration is not None:
+            form["CallDuration"] = str(duration)
+        call.sequence += 1
+        call.status = status
+        return self.signed(call.status_callback, form)
+
     # -- serving -----------------------------------------------------------------------------
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
@@ -277,7 +331,8 @@ class FakeTwilio:
             pass
 
     def _answer(self, request: Request) -> tuple[int, dict[str, Any]]:
-        match = _MESSAGES_PATH.match(urllib.parse.urlsplit(request.path).path)
+        path = urllib.parse.urlsplit(request.path).path
+        match = _MESSAGES_PATH.match(path) or _CALLS_PATH.match(path)
         if request.auth != (self.account_sid, self.auth_token):
             return _error(401, AUTHENTICATE, "Authenticate", detail="Your AccountSid or AuthToken was incorrect.")
         if match is None or match.group(1) != self.account_sid:
@@ -288,6 +343,8 @@ class FakeTwilio:
             failure = self._failures.pop(0) if self._failures else None
         if failure is not None:
             return _error(failure.status, failure.code, failure.message)
+        if _CALLS_PATH.match(path):
+            return self._place_call(request)
         to, from_, body = request.field("To"), request.field("From"), request.field("Body")
         callback = request.field("StatusCallback")
         if not to:
@@ -322,8 +379,40 @@ class FakeTwilio:
         }
 
 
-def new_sid() -> str:
-    return "SM" + secrets.token_hex(16)
+    def _place_call(self, request: Request) -> tuple[int, dict[str, Any]]:
+        to, from_, twiml = request.field("To"), request.field("From"), request.field("Twiml")
+        callback, events = request.field("StatusCallback"), request.form.get("StatusCallbackEvent", [])
+        if not to or not _E164.match(to):
+            return _error(400, INVALID_TO, f"Invalid 'To' Phone Number: {to}")
+        if from_ != self.from_number:
+            return _error(400, CALL_FROM_NOT_OURS, f"The source phone number provided, {from_}, is not yet "
+                                                   "verified for your account.")
+        if not twiml and not request.field("Url"):
+            return _error(400, URL_REQUIRED, "Url parameter is required. Please provide a valid Url or Twiml.")
+        if twiml:
+            try:
+                root = ET.fromstring(twiml)
+            except ET.ParseError:
+                root = None
+            if root is None or root.tag != "Response":
+                return _error(400, TWIML_PARSE_FAILURE, "Document parse failure")
+        if callback is not None and urllib.parse.urlsplit(callback).scheme not in ("http", "https"):
+            return _error(400, INVALID_STATUS_CALLBACK, "Invalid StatusCallback url")
+        if not set(events) <= CALL_EVENTS:
+            return _error(400, INVALID_CALL_EVENT, f"Invalid StatusCallbackEvent: {events}")
+        sid = new_sid("CA")
+        with self._lock:
+            self.calls[sid] = Call(sid, to, from_, twiml or "", callback, list(events))
+        now = format_datetime(datetime.now(UTC), usegmt=True)
+        return 201, {
+            "account_sid": self.account_sid, "api_version": API_VERSION, "date_created": now, "date_updated": now,
+            "direction": "outbound-api", "from": from_, "from_formatted": from_, "sid": sid, "status": "queued",
+            "to": to, "to_formatted": to, "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{sid}.json",
+        }
+
+
+def new_sid(prefix: str = "SM") -> str:
+    return prefix + secrets.token_hex(16)
 
 
 def _basic_auth(header: str | None) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from alarmcentre.devices.models import DeviceStatus
 from alarmcentre.ingest.protocol import DEVICE_ID_PATTERN
-from alarmcentre.schemas import Id, InputModel
+from alarmcentre.schemas import Id, InputModel, Phone
 
 Serial = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", description="letters, digits, - and _")]
 
@@ -22,6 +22,7 @@ class DeviceIn(InputModel):
     heartbeat_interval_s: Annotated[int, Field(ge=10, le=90_000)] = 60
     status: DeviceStatus = DeviceStatus.IN_STOCK
     client_id: Id | None = None
+    sim_number: Phone | None = Field(None, description="the SIM's number, if the device can call the centre")
 
 
 class DevicePatch(InputModel):
@@ -30,6 +31,7 @@ class DevicePatch(InputModel):
     firmware: Annotated[str, Field(max_length=64)] | None = None
     heartbeat_interval_s: Annotated[int, Field(ge=10, le=90_000)] | None = None
     status: DeviceStatus | None = None
+    sim_number: Phone | None = Field(None, description="null clears it")
 
 
 class AssignIn(InputModel):
@@ -59,6 +61,7 @@ class DeviceOut(BaseModel):
     reported_config_version: int | None
     config_error: str | None
     tamper_at: datetime | None
+    sim_number: str | None = None
 
 
 class DeviceEventOut(BaseModel):

@@ -45,7 +45,7 @@ def register_device(session: Session, *, data: DeviceIn) -> Device:
 def update_device(session: Session, *, device: Device, patch: DevicePatch) -> Device:
     changes = patch.model_dump(exclude_unset=True)
     for name, value in changes.items():
-        if value is None and name != "firmware":
+        if value is None and name not in ("firmware", "sim_number"):
             raise ValueError(f"{name} cannot be empty")
         setattr(device, name, value)
     if device.status == DeviceStatus.RETIRED and device.client_id is not None:

@@ -75,6 +75,11 @@ def _require_active(incident: Incident) -> None:
         raise Conflict("the incident is resolved; reopen it first")
 
 
+def require_owner(incident: Incident, user: User) -> None:
+    """Raise unless `user` may act on the incident now (its owner, or a supervisor)."""
+    _require_owner(incident, user)
+
+
 def _require_owner(incident: Incident, user: User) -> None:
     """The owner acts; a supervisor or admin may act on any incident. Open incidents must be claimed first."""
     _require_active(incident)

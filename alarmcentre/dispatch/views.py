@@ -223,7 +223,7 @@ TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 async def _verified_form(request: Request) -> dict[str, str]:
     settings = request.app.state.settings
     if not settings.twilio_configured:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="SMS webhooks are off: Twilio is not configured")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Twilio webhooks are off: Twilio is not configured")
     from twilio.request_validator import RequestValidator
 
     form = {key: str(value) for key, value in (await request.form()).items()}

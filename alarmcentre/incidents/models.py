@@ -28,6 +28,12 @@ class IncidentKind(StrEnum):
     PULL_CORD = "pull_cord"
     FALL_DETECTED = "fall_detected"
     DEVICE_SILENT = "device_silent"  # technical: no message within the supervision window, or offline
+    VOICE_CALL = "voice_call"  # a call to the centre's number while the caller had no active incident
+
+
+# Incidents a person started (an alarm or a call), as against the device's own technical ones.
+ALARM_KINDS = (IncidentKind.BUTTON_PRESS, IncidentKind.PULL_CORD, IncidentKind.FALL_DETECTED,
+               IncidentKind.VOICE_CALL)
 
 
 TECHNICAL_PRIORITY = 3  # below every alarm
@@ -52,6 +58,11 @@ class TimelineKind(StrEnum):
     REOPENED = "reopened"
     RESTORED = "restored"  # a technical incident closed by itself: the device is heard again
     ACCESS_REVEALED = "access_revealed"  # the owner looked at the door/key-safe codes (audited)
+    CALL_INCOMING = "call_incoming"  # someone called the centre: waiting for an operator
+    CALL_CONNECTED = "call_connected"  # an operator is speaking with the caller
+    CALL_PLACED = "call_placed"  # an operator rings a person from the incident
+    CALL_ENDED = "call_ended"  # how a call ended: duration, hung up while waiting, busy, no answer
+    CALL_FAILED = "call_failed"  # the operator's own phone could not be reached
 
 
 class Incident(Base):
@@ -72,6 +83,7 @@ class Incident(Base):
     last_signal_at: Mapped[datetime] = mapped_column(default=clock.now)
     signal_count: Mapped[int] = mapped_column(default=1)
     acknowledged_at: Mapped[datetime | None]
+    spoken_at: Mapped[datetime | None]  # first time an operator was connected to the caller (answer time)
     acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)  # changes on handover
     resolved_at: Mapped[datetime | None]

@@ -24,17 +24,18 @@ from alarmcentre.devices.models import Device
 from alarmcentre.dispatch import actions
 from alarmcentre.dispatch.schemas import CallIn, EmergencyIn, HandoverIn, NoteIn, ReopenIn, ResolveIn, StepAnswerIn
 from alarmcentre.incidents import service as incidents
-from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry, TimelineKind
+from alarmcentre.incidents.models import ALARM_KINDS, Incident, IncidentStatus, TimelineEntry, TimelineKind
 from alarmcentre.schemas import MAX_ID
 from alarmcentre.tasks.models import OperatorTask, TaskStatus
 from alarmcentre.users.models import Role, User
 from alarmcentre.visits import service as visits
+from alarmcentre.voice import service as voice
+from alarmcentre.voice.views import public_base, voice_provider
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import SECURITY_HEADERS, render, render_text, request_language, translate
 
 router = APIRouter(include_in_schema=False)
 Operator = Annotated[User, Depends(roles(*INCIDENT_ROLES))]
-ALARM_KINDS = (IncidentKind.BUTTON_PRESS, IncidentKind.PULL_CORD, IncidentKind.FALL_DETECTED)
 
 
 # -- the queue ---------------------------------------------------------------------------
@@ -58,8 +59,10 @@ def queue_rows(session: Session) -> list[dict[str, Any]]:
             select(TimelineEntry.incident_id, func.count()).where(
                 TimelineEntry.incident_id.in_(ids), TimelineEntry.kind == TimelineKind.SUPERVISOR_ALERT)
             .group_by(TimelineEntry.incident_id)).all())
+    calling = voice.incidents_with_waiting_callers(session, ids)
     return [{"incident": incident, "client": client, "owner": owner_full or owner_name, "serial": serial,
-             "alerts": alerts.get(incident.id, 0), "technical": incident.kind not in ALARM_KINDS}
+             "alerts": alerts.get(incident.id, 0), "technical": incident.kind not in ALARM_KINDS,
+             "caller_waiting": incident.id in calling}
             for incident, client, owner_name, owner_full, serial in rows]
 
 
@@ -198,6 +201,9 @@ def _incident_context(request: Request, session: Session, incident: Incident, us
         "can_reopen": reopen_until is not None and clock.now() <= reopen_until,
         "outcomes": list(actions.Outcome), "client_said": list(actions.ClientSaid),
         "technical": incident.kind not in ALARM_KINDS,
+        "calls": voice.incident_calls(session, incident.id),
+        "waiting_calls": voice.waiting_calls(session, incident.id),
+        "call_targets": voice.call_targets(session, incident) if incident.status != IncidentStatus.RESOLVED else [],
     }
 
 
@@ -278,6 +284,22 @@ def call(request: Request, session: SessionDep, user: Operator, incident_id: int
         actions.record_call(session, incident=incident, user=user, answered=body.answered,
                             client_said=body.client_said, notes=body.notes)
     return _act(request, session, user, incident_id, do)
+
+
+@router.post("/ui/incidents/{incident_id}/voice/answer", dependencies=[Csrf])
+def answer_call(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
+    provider, base = voice_provider(request), public_base(request)
+    return _act(request, session, user, incident_id,
+                lambda i: voice.answer(session, provider=provider, base=base, incident=i, user=user))
+
+
+@router.post("/ui/incidents/{incident_id}/voice/call", dependencies=[Csrf])
+def call_person(request: Request, session: SessionDep, user: Operator, incident_id: int,
+                target: Annotated[str, Form(max_length=40)]) -> Response:
+    provider, base = voice_provider(request), public_base(request)
+    return _act(request, session, user, incident_id,
+                lambda i: voice.call_person(session, provider=provider, base=base, incident=i, user=user,
+                                            target=target))
 
 
 @router.post("/ui/incidents/{incident_id}/steps/{step_id}/start", dependencies=[Csrf])

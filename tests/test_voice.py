@@ -14,6 +14,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from alarmcentre.dispatch.models import Channel, IncidentStep, PlanStep
 from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry, TimelineKind
 from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
+from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from alarmcentre.voice import service as voice
 from alarmcentre.voice.models import CallPurpose, VoiceCall
@@ -264,6 +266,12 @@ def test_answer_rings_the_operator_then_connects_the_caller_and_every_report_cou
     with line.db.sessions() as session:
         caller = session.scalar(select(VoiceCall).where(VoiceCall.call_sid == sid))
         assert caller is not None and caller.status == "completed" and caller.user_id == line.operator_id
+    supervisor = Browser(line.http.app)  # the queue's figures: this call was spoken to at once
+    supervisor.login("op")
+    figures = supervisor.http.get("/ui/queue/rows").text
+    assert 'data-testid="fig-calls"' in figures and "100%</span> no 1 zvaniem sarunā 60 s laikā" in figures
+    api = line.http.get(f"/api/v1/incidents/{incident_id}", headers=_bearer(line))
+    assert api.status_code == 200 and api.json()["spoken_at"] is not None
 
 
 def test_a_caller_who_hangs_up_while_waiting_is_shown_once_and_answer_is_refused(line: Line) -> None:
@@ -432,6 +440,12 @@ def test_without_twilio_the_voice_webhooks_are_off_and_calls_are_only_recorded(a
         assert leg.call_sid is not None and leg.call_sid.startswith("outbox-")
         placed = session.scalars(select(TimelineEntry).where(TimelineEntry.kind == TimelineKind.CALL_PLACED)).all()
         assert [e.details["provider"] for e in placed] == ["outbox"]
+
+
+def _bearer(line: Line) -> dict[str, str]:
+    with transaction(line.db.sessions) as session:
+        token = users.issue_token(session, user=session.get_one(User, line.operator_id), ttl=timedelta(hours=1))
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _taken_alarm(line: Line) -> int:

@@ -38,6 +38,7 @@ class IncidentOut(BaseModel):
     resolved_at: datetime | None
     resolved_by: int | None
     outcome: str | None
+    spoken_at: datetime | None = Field(None, description="first time an operator spoke with the caller (voice)")
 
 
 class IncidentDetailOut(IncidentOut):

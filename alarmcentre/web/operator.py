@@ -3,7 +3,7 @@ and revealing access information."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -30,6 +30,7 @@ from alarmcentre.tasks.models import OperatorTask, TaskStatus
 from alarmcentre.users.models import Role, User
 from alarmcentre.visits import service as visits
 from alarmcentre.voice import service as voice
+from alarmcentre.voice.models import CallPurpose, VoiceCall
 from alarmcentre.voice.views import public_base, voice_provider
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import SECURITY_HEADERS, render, render_text, request_language, translate
@@ -67,26 +68,33 @@ def queue_rows(session: Session) -> list[dict[str, Any]]:
 
 
 def todays_figures(session: Session, zone: ZoneInfo, *, target_s: int, limit_s: int) -> dict[str, Any]:
-    """Alarms since local midnight and how fast they were answered (acknowledged)."""
+    """Alarms since local midnight and how fast they were answered (acknowledged); of those with a call,
+    how fast an operator was speaking with the caller."""
     now = clock.now()
     midnight = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
     opened = session.execute(
         select(Incident.opened_at, Incident.acknowledged_at)
         .where(Incident.opened_at >= midnight, Incident.kind.in_(ALARM_KINDS))).all()
     total = len(opened)
+    called = session.execute(
+        select(Incident.opened_at, Incident.spoken_at).where(
+            Incident.opened_at >= midnight, Incident.kind.in_(ALARM_KINDS),
+            Incident.id.in_(select(VoiceCall.incident_id).where(VoiceCall.purpose == CallPurpose.INCOMING)))).all()
 
-    def within(seconds: int) -> int:
-        return sum(1 for start, ack in opened if ack is not None and (ack - start).total_seconds() <= seconds)
+    def within(seconds: int, rows: Sequence[Any] = opened) -> int:
+        return sum(1 for start, end in rows if end is not None and (end - start).total_seconds() <= seconds)
 
-    def percent(count: int) -> str:
-        return f"{100 * count / total:.0f}" if total else "–"
+    def percent(count: int, of: int = total) -> str:
+        return f"{100 * count / of:.0f}" if of else "–"
 
     open_count = session.scalar(select(func.count()).select_from(Incident)
                                 .where(Incident.status != IncidentStatus.RESOLVED)) or 0
     tasks = session.scalar(select(func.count()).select_from(OperatorTask)
                            .where(OperatorTask.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))) or 0
     return {"alarms": total, "within_target": percent(within(target_s)), "within_limit": percent(within(limit_s)),
-            "open": open_count, "tasks": tasks}
+            "open": open_count, "tasks": tasks, "calls": len(called),
+            "spoken_within_target": percent(within(target_s, called), len(called)),
+            "spoken_within_limit": percent(within(limit_s, called), len(called))}
 
 
 def _queue_context(request: Request, session: Session) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Periodic jobs (APScheduler). Jobs keep no state in memory: whatever must happen is in the database.
 
-Jobs: the escalation sweep (due timers), the SMS sender (queued texts), fleet gauges, and device
+Jobs: the escalation sweep (due timers), the SMS sender (queued texts), the voice dialer (plan steps
+that call), fleet gauges, and device
 care (alarmcentre/care.py): supervision, welfare checks, batteries, mains power, programming
 state, configuration republishing, monthly test reminders, missed home-care visits (alarmcentre/visits).
 """
@@ -24,6 +25,8 @@ from alarmcentre.devices.publisher import ConfigPublisher
 from alarmcentre.dispatch.escalation import step_failed, sweep
 from alarmcentre.dispatch.sms import SmsSender, build_provider
 from alarmcentre.health import HealthCheck, freshness_check
+from alarmcentre.voice.dispatch import VoiceDialer
+from alarmcentre.voice.provider import build_voice
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,10 @@ def build_scheduler(
                       next_run_time=datetime.now(UTC))
     scheduler.add_job(_guarded("sms_sender", lambda: sender.send_due()),
                       "interval", seconds=every, id="sms_sender", max_instances=1, coalesce=True,
+                      next_run_time=datetime.now(UTC))
+    dialer = VoiceDialer(factory=factory, provider=build_voice(settings), settings=settings)
+    scheduler.add_job(_guarded("voice_dialer", lambda: dialer.place_due()),
+                      "interval", seconds=every, id="voice_dialer", max_instances=1, coalesce=True,
                       next_run_time=datetime.now(UTC))
     scheduler.add_job(
         _guarded("fleet_gauges", lambda: refresh_fleet_gauges(factory)),

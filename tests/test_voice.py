@@ -29,13 +29,14 @@ from alarmcentre.config import Settings
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
 from alarmcentre.dispatch import actions
-from alarmcentre.dispatch.models import Channel, IncidentStep, PlanStep
+from alarmcentre.dispatch.models import Channel, IncidentStep, PlanStep, SmsMessage, StepState, Timer
 from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry, TimelineKind
 from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from alarmcentre.voice import service as voice
+from alarmcentre.voice.dispatch import VoiceDialer
 from alarmcentre.voice.models import CallPurpose, VoiceCall
 from alarmcentre.voice.provider import build_voice
 from tests.factories import make_client, make_device, message
@@ -456,3 +457,135 @@ def _taken_alarm(line: Line) -> int:
         incident = session.get_one(Incident, result.incident_opened)
         actions.acknowledge(session, incident=incident, user=session.get_one(User, line.operator_id))
         return incident.id
+
+
+# -- plan steps that call --------------------------------------------------------------------
+
+RELATIVE = "+37126000004"
+
+
+def _voice_plan(line: Line) -> tuple[int, list[int]]:
+    """The neighbour is rung (press 1 or 2), then a relative is texted; an alarm taken by the operator."""
+    with transaction(line.db.sessions) as session:
+        first = session.scalars(select(PlanStep).where(PlanStep.client_id == line.client_id)).one()
+        first.channel = Channel.VOICE
+        relative = Contact(client_id=line.client_id, position=2, kind=ContactKind.RELATIVE, name="Anna Kalniņa",
+                           phone=RELATIVE, language=Language.LV)
+        session.add(relative)
+        session.flush()
+        session.add(PlanStep(client_id=line.client_id, position=2, contact_id=relative.id, channel=Channel.SMS,
+                             wait_seconds=300))
+    incident_id = _taken_alarm(line)
+    with line.db.sessions() as session:
+        steps = list(session.scalars(select(IncidentStep.id).where(IncidentStep.incident_id == incident_id)
+                                     .order_by(IncidentStep.position)))
+    with transaction(line.db.sessions) as session:
+        actions.start_step(session, incident=session.get_one(Incident, incident_id),
+                           user=session.get_one(User, line.operator_id), step_id=steps[0])
+    return incident_id, steps
+
+
+def _dialer(line: Line) -> VoiceDialer:
+    return VoiceDialer(factory=line.db.sessions, provider=build_voice(settings_of(line)), settings=settings_of(line))
+
+
+def _state(line: Line, step_id: int) -> StepState:
+    with line.db.sessions() as session:
+        return session.get_one(IncidentStep, step_id).state
+
+
+def _press(line: Line, gather: ET.Element, sid: str, digits: str) -> ET.Element:
+    form = {"AccountSid": ACCOUNT_SID, "CallSid": sid, "Digits": digits, "FinishedOnKey": ""}
+    response = line.post(line.fake.signed(gather.attrib["action"], form))
+    assert response.status_code == 200
+    return ET.fromstring(response.text)
+
+
+def test_a_voice_step_rings_the_contact_who_presses_1_to_go(line: Line) -> None:
+    incident_id, steps = _voice_plan(line)
+    assert _state(line, steps[0]) == StepState.WAITING and line.fake.calls == {}  # decided, not yet placed
+    assert _dialer(line).place_due() == 1 and _dialer(line).place_due() == 0
+    [(sid, call)] = line.fake.calls.items()
+    assert call.to == NEIGHBOUR and call.from_ == CENTRE_NUMBER
+    gather = ET.fromstring(call.twiml).find("Gather")
+    assert gather is not None and gather.attrib["numDigits"] == "1"
+    said = [say.text or "" for say in gather.iter("Say")]
+    assert len(said) == 2 and "Marta Kalniņa" in said[0] and "nospiediet 1" in said[0]
+    assert {say.attrib["language"] for say in gather.iter("Say")} == {"lv-LV"}
+
+    again = _press(line, gather, sid, "7")  # another key: asked once more, nothing answered
+    assert again.find("Gather") is not None and "Nesapratām" in "".join(s.text or "" for s in again.iter("Say"))
+    assert _state(line, steps[0]) == StepState.WAITING
+    thanked = _press(line, gather, sid, "1")
+    assert "Paldies" in (thanked.findtext("Say") or "")
+    _press(line, gather, sid, "1")  # retried by Twilio
+    assert line.post(line.fake.call_status(sid, "completed", duration=31)).status_code == 204
+    assert _state(line, steps[0]) == StepState.ACCEPTED and _state(line, steps[1]) == StepState.PENDING
+    answers = [d for kind, d in line.timeline(incident_id) if kind == TimelineKind.STEP_ANSWER]
+    assert [(d["answer"], d["via"]) for d in answers] == [("accept", "voice")]
+    assert TimelineKind.CALL_ENDED not in line.kinds(incident_id)
+
+
+def test_a_voice_step_nobody_answers_moves_the_plan_on_at_once(line: Line) -> None:
+    incident_id, steps = _voice_plan(line)
+    _dialer(line).place_due()
+    [sid] = line.fake.calls
+    for status in ("initiated", "ringing", "no-answer", "no-answer"):  # the last one retried
+        assert line.post(line.fake.call_status(sid, status)).status_code == 204
+    assert _state(line, steps[0]) == StepState.NO_ANSWER
+    assert _state(line, steps[1]) == StepState.WAITING  # the relative is texted now, not in 5 minutes
+    with line.db.sessions() as session:
+        timers = session.scalars(select(Timer).where(Timer.step_id == steps[0])).all()
+        assert [t.outcome for t in timers] == ["cancelled"]
+        texts_out = session.scalars(select(SmsMessage.to_number).where(SmsMessage.incident_id == incident_id)).all()
+        assert texts_out == [RELATIVE]
+    ended = [d for kind, d in line.timeline(incident_id) if kind == TimelineKind.CALL_ENDED]
+    assert [(d["to"], d["how"]) for d in ended] == [("Kārlis Ozols", "no-answer")]
+
+
+def test_a_call_answered_without_a_key_and_a_call_twilio_refuses_both_move_the_plan_on(line: Line) -> None:
+    _incident_id, steps = _voice_plan(line)
+    _dialer(line).place_due()
+    [sid] = line.fake.calls
+    assert line.post(line.fake.call_status(sid, "completed", duration=20)).status_code == 204
+    assert _state(line, steps[0]) == StepState.NO_ANSWER and _state(line, steps[1]) == StepState.WAITING
+
+    second_id, second_steps = _second_alarm_with_voice_step(line)
+    line.fake.fail_next(status=400, code=21215, message="Account not authorized to call this number")
+    _dialer(line).place_due()
+    assert _state(line, second_steps[0]) == StepState.FAILED
+    with line.db.sessions() as session:
+        call = session.scalar(select(VoiceCall).where(VoiceCall.step_id == second_steps[0]))
+        assert call is not None and call.status == "failed" and "21215" in (call.error or "")
+    assert len(line.fake.calls) == 1
+
+
+def test_a_resolved_incident_rings_nobody(line: Line) -> None:
+    incident_id, steps = _voice_plan(line)
+    with transaction(line.db.sessions) as session:
+        actions.resolve(session, incident=session.get_one(Incident, incident_id),
+                        user=session.get_one(User, line.operator_id), outcome=actions.Outcome.ACCIDENTAL_PRESS,
+                        notes="")
+    assert _dialer(line).place_due() == 0 and line.fake.calls == {}
+    with line.db.sessions() as session:
+        assert session.scalars(select(VoiceCall.status).where(VoiceCall.step_id == steps[0])).all() == ["canceled"]
+
+
+def _second_alarm_with_voice_step(line: Line) -> tuple[int, list[int]]:
+    with transaction(line.db.sessions) as session:
+        client = make_client(session, name="Jānis Bērziņš")
+        device = make_device(session, "VOICE-2", client=client)
+        contact = Contact(client_id=client.id, position=1, kind=ContactKind.NEIGHBOUR, name="Pēteris",
+                          phone="+37126000005", language=Language.LV)
+        session.add(contact)
+        session.flush()
+        session.add(PlanStep(client_id=client.id, position=1, contact_id=contact.id, channel=Channel.VOICE,
+                             wait_seconds=300))
+        result = process_message(session, message=message(device.serial, 1), settings=Settings())
+        assert result.incident_opened is not None
+        incident = session.get_one(Incident, result.incident_opened)
+        user = session.get_one(User, line.operator_id)
+        actions.acknowledge(session, incident=incident, user=user)
+        steps = list(session.scalars(select(IncidentStep.id).where(IncidentStep.incident_id == incident.id)))
+        actions.start_step(session, incident=incident, user=user, step_id=steps[0])
+        return incident.id, steps

@@ -110,6 +110,13 @@ def start_step(session: Session, *, incident: Incident, step: IncidentStep, acto
         step.state = StepState.WAITING
         add_timer(session, kind=TimerKind.STEP_TIMEOUT, incident_id=incident.id, step_id=step.id,
                   due_at=now + timedelta(seconds=step.wait_seconds))
+    elif step.channel == Channel.VOICE:
+        from alarmcentre.voice.dispatch import request_call  # voice builds on escalation: imported when used
+
+        request_call(session, incident=incident, step=step)
+        step.state = StepState.WAITING
+        add_timer(session, kind=TimerKind.STEP_TIMEOUT, incident_id=incident.id, step_id=step.id,
+                  due_at=now + timedelta(seconds=step.wait_seconds))
     else:
         step.state = StepState.TASK
     append_timeline(session, incident, kind=TimelineKind.STEP_STARTED, actor=actor, user_id=user_id,
@@ -199,6 +206,10 @@ def close_steps(session: Session, *, incident: Incident) -> None:
         if step.state == StepState.WAITING and step.channel == Channel.SMS and _request_went_out(session, step):
             queue_sms(session, to=step.phone, body=texts.stand_down_text(step.language), purpose="stand_down",
                       incident_id=incident.id, step_id=step.id)
+        if step.channel == Channel.VOICE:
+            from alarmcentre.voice.dispatch import cancel_requested
+
+            cancel_requested(session, step=step)
         step.state, step.finished_at = StepState.CANCELLED, now
 
 

@@ -18,6 +18,7 @@ from alarmcentre.db_types import BigId, str_enum
 class Channel(StrEnum):
     SMS = "sms"  # texted automatically, answered by SMS
     OPERATOR_TASK = "operator_task"  # the operator does it (e.g. phones 113) and records it
+    VOICE = "voice"  # rung automatically: the contact hears the alarm and presses 1 (I go) or 2 (I cannot)
 
 
 class ResourceKind(StrEnum):

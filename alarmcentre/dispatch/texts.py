@@ -33,9 +33,9 @@ def sms_segments(text: str) -> int:
 
 ALARM_WHAT = {
     Language.LV: {"button_press": "nospieda drošības pogu", "pull_cord": "pavilka trauksmes auklu",
-                  "fall_detected": "iespējams kritiens"},
+                  "fall_detected": "iespējams kritiens", "voice_call": "zvanīja trauksmes centram"},
     Language.EN: {"button_press": "pressed the safety button", "pull_cord": "pulled the alarm cord",
-                  "fall_detected": "possible fall"},
+                  "fall_detected": "possible fall", "voice_call": "called the alarm centre"},
 }
 
 

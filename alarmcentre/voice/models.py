@@ -27,6 +27,7 @@ class CallPurpose(StrEnum):
     INCOMING = "incoming"  # a client, a device or an unknown caller; waits in the incident's queue
     ANSWER = "answer"  # rings the operator, then takes the waiting caller out of the queue
     CALL_PERSON = "call_person"  # rings the operator, then dials the client, a contact or a service
+    DISPATCH = "dispatch"  # a plan step's automatic call: the contact answers with a key (1 go, 2 cannot)
 
 
 # Twilio's call statuses in the order a call goes through them; the last five end a call.
@@ -55,6 +56,10 @@ class VoiceCall(Base):
     callee_label: Mapped[str | None] = mapped_column(String(200))
     callee_kind: Mapped[str | None] = mapped_column(String(16))  # client, device (its SIM) or step
     callee_result: Mapped[str | None] = mapped_column(String(16))  # Twilio's DialCallStatus
+    # For DISPATCH: the plan step it asks, and the key the contact pressed.
+    step_id: Mapped[int | None] = mapped_column(ForeignKey("incident_steps.id"), index=True)
+    digits: Mapped[str | None] = mapped_column(String(8))
+    error: Mapped[str | None] = mapped_column(String(500))  # why Twilio did not place it
     # For ANSWER: the incoming call it takes out of the queue.
     answers_call_id: Mapped[int | None] = mapped_column(ForeignKey("voice_calls.id"))
     status: Mapped[str] = mapped_column(String(16), default="requested")

@@ -360,6 +360,12 @@ def apply_status(session: Session, *, call_id: int | None, call_sid: str, status
     if call.purpose == CallPurpose.INCOMING:
         _end_incoming(session, call, how=status)
         return
+    if call.purpose == CallPurpose.DISPATCH:
+        from alarmcentre.voice.dispatch import dispatch_call_ended  # it builds on this module
+
+        call.ended_at = clock.now()
+        dispatch_call_ended(session, call, status)
+        return
     call.ended_at = clock.now()
     if incident is None:
         return

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from alarmcentre.dispatch.views import _verified_form as verified_form
-from alarmcentre.voice import service
+from alarmcentre.voice import dispatch, service
 from alarmcentre.voice.provider import VoiceProvider, build_voice
 
 router = APIRouter(include_in_schema=False)
@@ -98,3 +98,16 @@ async def person_dialed(request: Request) -> Response:
             session, call_id=call_id, call_sid=form.get("CallSid", ""), result=form.get("DialCallStatus", ""),
             duration=form.get("DialCallDuration")))
     return Response(service.EMPTY_TWIML, media_type=XML)
+
+
+@router.post(service.WEBHOOKS + "/gather")
+async def key_pressed(request: Request) -> Response:
+    """Gather's action on a plan step's call: the key the contact pressed (1 going, 2 cannot)."""
+    form = await verified_form(request)
+    call_id, base = _int(request.query_params.get("call")), public_base(request)
+    twiml = service.EMPTY_TWIML
+    if call_id is not None:
+        twiml = await _in_transaction(request, lambda session: dispatch.gathered(
+            session, call_id=call_id, call_sid=form.get("CallSid", ""), digits=form.get("Digits", ""),
+            base=base)) or twiml
+    return Response(twiml, media_type=XML)

@@ -73,6 +73,8 @@ LABELS: dict[str, str] = {
     # channels
     "sms": N_("SMS"),
     "operator_task": N_("Phone / task"),
+    "voice": N_("Automatic call"),
+    "no_key": N_("Answered, no key pressed"),
     # contact and resource kinds
     "relative": N_("Relative"),
     "neighbour": N_("Neighbour"),

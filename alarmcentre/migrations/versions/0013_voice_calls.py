@@ -22,7 +22,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('call_sid', sa.String(length=64), nullable=True),
     sa.Column('direction', sa.Enum('inbound', 'outbound', name='calldirection', native_enum=False, length=32), nullable=False),
-    sa.Column('purpose', sa.Enum('incoming', 'answer', 'call_person', name='callpurpose', native_enum=False, length=32), nullable=False),
+    sa.Column('purpose', sa.Enum('incoming', 'answer', 'call_person', 'dispatch', name='callpurpose', native_enum=False, length=32), nullable=False),
     sa.Column('incident_id', sa.Integer(), nullable=True),
     sa.Column('client_id', sa.Integer(), nullable=True),
     sa.Column('device_id', sa.Integer(), nullable=True),
@@ -33,6 +33,9 @@ def upgrade() -> None:
     sa.Column('callee_label', sa.String(length=200), nullable=True),
     sa.Column('callee_kind', sa.String(length=16), nullable=True),
     sa.Column('callee_result', sa.String(length=16), nullable=True),
+    sa.Column('step_id', sa.Integer(), nullable=True),
+    sa.Column('digits', sa.String(length=8), nullable=True),
+    sa.Column('error', sa.String(length=500), nullable=True),
     sa.Column('answers_call_id', sa.Integer(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -45,12 +48,14 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_voice_calls_device_id_devices')),
     sa.ForeignKeyConstraint(['incident_id'], ['incidents.id'], name=op.f('fk_voice_calls_incident_id_incidents')),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_voice_calls_user_id_users')),
+    sa.ForeignKeyConstraint(['step_id'], ['incident_steps.id'], name=op.f('fk_voice_calls_step_id_incident_steps')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_voice_calls')),
     sa.UniqueConstraint('call_sid', name=op.f('uq_voice_calls_call_sid'))
     )
     with op.batch_alter_table('voice_calls', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_voice_calls_client_id'), ['client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_voice_calls_incident_id'), ['incident_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_voice_calls_step_id'), ['step_id'], unique=False)
 
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.add_column(sa.Column('sim_number', sa.String(length=32), nullable=True))
@@ -70,6 +75,7 @@ def downgrade() -> None:
         batch_op.drop_column('sim_number')
 
     with op.batch_alter_table('voice_calls', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_voice_calls_step_id'))
         batch_op.drop_index(batch_op.f('ix_voice_calls_incident_id'))
         batch_op.drop_index(batch_op.f('ix_voice_calls_client_id'))
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from alarmcentre.api_deps import CLIENT_EDITORS, INCIDENT_ROLES, STAFF, SessionDep, require_roles
 from alarmcentre.clients.models import Client
+from alarmcentre.db import transaction
 from alarmcentre.dispatch import actions, plans
 from alarmcentre.dispatch.escalation import step_failed
 from alarmcentre.dispatch.inbound import handle_inbound
@@ -242,7 +243,7 @@ async def twilio_inbound(request: Request) -> Response:
     factory = request.app.state.session_factory
 
     def store() -> None:
-        with factory() as session, session.begin():
+        with transaction(factory, writes=True) as session:  # reads, then writes: the SQLite lock first
             handle_inbound(session, from_number=form.get("From", ""), to_number=form.get("To", ""),
                            body=form.get("Body", ""), provider="twilio", provider_sid=form.get("MessageSid"))
 
@@ -258,7 +259,7 @@ async def twilio_status(request: Request) -> Response:
     factory = request.app.state.session_factory
 
     def store() -> None:
-        with factory() as session, session.begin():
+        with transaction(factory, writes=True) as session:  # reads, then writes: the SQLite lock first
             failed = apply_status_callback(session, provider_sid=form.get("MessageSid", ""),
                                            status=form.get("MessageStatus", ""), error_code=form.get("ErrorCode"))
             if failed is not None:

@@ -400,7 +400,9 @@ def connected(session: Session, *, call_id: int, leg_id: int, call_sid: str, que
     if incident.spoken_at is None:
         incident.spoken_at = now
         metrics.VOICE_ANSWER_SECONDS.observe(max(0.0, (now - incident.opened_at).total_seconds()))
-    append_timeline(session, incident, kind=TimelineKind.CALL_CONNECTED, actor=f"user:{leg.user_id}",
+    operator = session.get(User, leg.user_id) if leg.user_id else None
+    append_timeline(session, incident, kind=TimelineKind.CALL_CONNECTED,
+                    actor=f"user:{operator.username}" if operator else "centre",
                     user_id=leg.user_id, at=now,
                     details={"call_id": call.id, "operator": _operator(session, leg), "waited_s": round(waited, 1)})
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from alarmcentre.db import transaction
 from alarmcentre.dispatch.views import _verified_form as verified_form
 from alarmcentre.voice import dispatch, service
 from alarmcentre.voice.provider import VoiceProvider, build_voice
@@ -36,7 +37,9 @@ async def _in_transaction(request: Request, work: Callable[[Session], str | None
     factory = request.app.state.session_factory
 
     def run() -> str | None:
-        with factory() as session, session.begin():
+        # Every report reads, then writes: on SQLite take the write lock first, or a commit of the
+        # scheduler or the ingest in between fails it ("database is locked", seen in the browser tests).
+        with transaction(factory, writes=True) as session:
             return work(session)
 
     return await run_in_threadpool(run)

@@ -13,11 +13,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
@@ -190,12 +191,17 @@ def _seed(sessions: sessionmaker[Session], settings: Settings) -> tuple[list[str
     return seed_demo(sessions, devices=DEVICES, access_cipher=load_cipher(settings)), staff
 
 
-def _start_stack(tmp_path: Path, database_url: str | None) -> Stack:
+def _start_stack(tmp_path: Path, database_url: str | None,
+                 more_settings: Callable[[str], dict[str, Any]] | None = None) -> Stack:
+    api_port = free_port()
+    # more_settings(the server's base URL) -> more Settings fields, e.g. Twilio's against a fake and
+    # public_url = that base URL (so that webhook signatures match the URL the server sees).
+    extra = more_settings(f"http://127.0.0.1:{api_port}") if more_settings is not None else {}
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, mqtt_url=None,
-                        broker_port=free_port(), api_port=free_port(), metrics_port=0,
+                        broker_port=free_port(), api_port=api_port, metrics_port=0,
                         admin_user=None, admin_password=None,
                         # The canary beats fast so that a stalled pipeline shows within seconds.
-                        canary_interval_s=1, canary_bound_s=3)
+                        canary_interval_s=1, canary_bound_s=3, **extra)
     # Seeded before the centre runs: on SQLite a transaction that reads, then writes, fails at once
     # when another process part committed in between (the scheduler's first jobs at start-up).
     database = Database.open(settings)
@@ -235,7 +241,15 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     database_url = None
     if getattr(request, "param", "sqlite") == "postgresql":
         database_url = request.getfixturevalue("postgres_url")
-    running = _start_stack(tmp_path, database_url)
+    with running_stack(tmp_path, database_url) as running:
+        yield running
+
+
+@contextmanager
+def running_stack(tmp_path: Path, database_url: str | None = None, *,
+                  more_settings: Callable[[str], dict[str, Any]] | None = None) -> Iterator[Stack]:
+    """The whole centre, stopped on leaving; a test module overriding `stack` can build it with more_settings."""
+    running = _start_stack(tmp_path, database_url, more_settings)
     try:
         yield running
     finally:

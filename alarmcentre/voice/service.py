@@ -404,7 +404,7 @@ def connected(session: Session, *, call_id: int, leg_id: int, call_sid: str, que
     append_timeline(session, incident, kind=TimelineKind.CALL_CONNECTED,
                     actor=f"user:{operator.username}" if operator else "centre",
                     user_id=leg.user_id, at=now,
-                    details={"call_id": call.id, "operator": _operator(session, leg), "waited_s": round(waited, 1)})
+                    details={"call_id": call.id, "operator": _operator(session, leg), "waited_s": round(waited)})
 
 
 def left_queue(session: Session, *, call_id: int, call_sid: str, result: str, queue_time: str | None) -> None:

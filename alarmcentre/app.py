@@ -24,6 +24,7 @@ from alarmcentre.dispatch.views import router as dispatch_router
 from alarmcentre.health import HealthCheck, HealthChecks, database_check, liveness
 from alarmcentre.incidents.views import router as incidents_router
 from alarmcentre.municipalities.views import router as municipalities_router
+from alarmcentre.reports.views import router as reports_router
 from alarmcentre.tasks.views import router as tasks_router
 from alarmcentre.users.views import router as auth_router
 from alarmcentre.users.views import throttles as throttles_router
@@ -69,7 +70,7 @@ def create_app(
 
     for router in (auth_router, throttles_router, municipalities_router, clients_router, contacts_router,
                    devices_router, incidents_router, deadletters_router, dispatch_router, tasks_router,
-                   workorders_router, visits_router, integration_router, voice_router):
+                   workorders_router, visits_router, integration_router, voice_router, reports_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

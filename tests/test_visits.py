@@ -298,7 +298,7 @@ def test_cli_creates_an_integration_key_printed_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
 def test_the_csv_export_never_hands_a_spreadsheet_a_formula(start: str) -> None:
-    from alarmcentre.visits.service import _cell
+    from alarmcentre.visits.service import csv_cell
 
-    assert _cell(start + "HYPERLINK(\"http://x\")") == "'" + start + "HYPERLINK(\"http://x\")"
-    assert _cell("Anna " + start) == "Anna " + start and _cell(40) == 40
+    assert csv_cell(start + "HYPERLINK(\"http://x\")") == "'" + start + "HYPERLINK(\"http://x\")"
+    assert csv_cell("Anna " + start) == "Anna " + start and csv_cell(40) == 40

@@ -385,7 +385,7 @@ def export_made(session: Session, *, start: datetime, end: datetime, municipalit
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: object) -> object:
+def csv_cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, list):
@@ -402,5 +402,5 @@ def export_csv(rows: list[ExportRow]) -> str:
     writer.writerow(fields)
     for row in rows:
         data = row.model_dump(mode="json")
-        writer.writerow([_cell(data[f]) for f in fields])
+        writer.writerow([csv_cell(data[f]) for f in fields])
     return out.getvalue()

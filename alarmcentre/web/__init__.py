@@ -18,7 +18,7 @@ from alarmcentre.canary import CanaryWatch
 from alarmcentre.clients.access import AccessCipher
 from alarmcentre.config import Settings
 from alarmcentre.users.models import Role
-from alarmcentre.web import login, operator, records, technician
+from alarmcentre.web import login, operator, records, reports, technician
 from alarmcentre.web.auth import BadCsrf, LoginRequired, NotAllowed, user_from_cookie
 from alarmcentre.web.i18n import WEB_DIR
 from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
@@ -50,7 +50,7 @@ def install(app: FastAPI, *, settings: Settings, session_factory: sessionmaker[S
         app.state.health.add("canary", canary.readiness)
     app.state.access_cipher = AccessCipher(settings)
     app.state.shared_rendering = SharedRendering()
-    for router in (login.router, operator.router, records.router, technician.router):
+    for router in (login.router, operator.router, records.router, reports.router, technician.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 

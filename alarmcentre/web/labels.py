@@ -98,6 +98,8 @@ LABELS: dict[str, str] = {
     "test": N_("Test"),
     "technical_fault": N_("Technical fault"),
     "deceased": N_("Deceased"),
+    "no_response": N_("The client did not respond"),
+    "unresolved": N_("Not resolved yet"),
     # what the client said on a call
     "needs_help": N_("Needs help"),
     "wants_to_talk": N_("Wants to talk"),

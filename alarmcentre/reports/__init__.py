@@ -1,0 +1,1 @@
+"""Reports for the social service and the centre's supervisors."""

@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     sms_min_interval_s: int = Field(5, ge=0, description="per number: least time between two texts")
     sms_max_per_hour: int = Field(30, ge=1, description="per number: most texts in an hour (carrier spam limits)")
     sms_max_attempts: int = Field(4, ge=1, description="tries for a text on transient provider errors")
+    # Bounds on what texting can cost (alarmcentre/dispatch/sms.py; docs/dispatch.md "What texts cost: bounds").
+    sms_allowed_countries: str = Field(
+        "371", pattern=r"^\s*\+?[1-9]\d{0,5}(\s*,\s*\+?[1-9]\d{0,5})*\s*$",
+        description="comma-separated calling codes (371, 370, 44) or longer number prefixes (1204) a text may "
+        "go to; the centre's automatic replies to any other number fail unsent (texts of an alarm are not "
+        "refused by country)")
+    sms_global_max_per_hour: int = Field(
+        600, ge=1, description="all numbers: most texts in an hour; over it replies wait (dispatch texts never)")
+    sms_country_max_per_hour: int = Field(
+        200, ge=1, description="each allowed country but Latvia: most texts to it in an hour; over it replies "
+        "wait (dispatch texts never)")
     # Device care and operator tasks (alarmcentre/care.py; docs/device-care.md).
     welfare_check_days: int = Field(14, ge=1, description="no contact for this long opens a welfare-check task")
     local_timezone: str = Field("Europe/Riga", description="zone in which due dates are shown to staff")

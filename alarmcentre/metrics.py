@@ -55,6 +55,21 @@ for _kind in ("transient", "permanent"):
     # Exported at 0 from the start: Prometheus's increase() misses the first error of a series that
     # appears with it, and the SMS alerts count errors.
     SMS_ERRORS.labels(_kind)
+# Bounds on what texting costs (docs/dispatch.md "What texts cost: bounds").
+SMS_REFUSED_COUNTRY = Counter(
+    "alarmcentre_sms_refused_country_total",
+    "Texts never handed to the provider: the number is outside ALARMCENTRE_SMS_ALLOWED_COUNTRIES", ["purpose"])
+SMS_HELD = Counter(
+    "alarmcentre_sms_held_total",
+    "Times a text was held back (left queued, sent later) by the global or a country's hourly cap", ["cap"])
+for _cap in ("global", "country"):
+    SMS_HELD.labels(_cap)
+SMS_AUTO_REPLIES_SUPPRESSED = Counter(
+    "alarmcentre_sms_auto_replies_suppressed_total",
+    "Automatic replies to inbound texts not sent: the text looked automatic, or the number had one already",
+    ["reason"])
+for _reason in ("auto_reply_marker", "echo", "burst", "replied_recently"):
+    SMS_AUTO_REPLIES_SUPPRESSED.labels(_reason)
 SUPERVISOR_ALERTS = Counter("alarmcentre_supervisor_alerts_total", "Alerts for incidents not acknowledged in time")
 ESCALATIONS = Counter("alarmcentre_escalations_total", "Plan steps moved on by themselves", ["reason"])
 TIMERS_FIRED = Counter("alarmcentre_timers_fired_total", "Escalation timers fired by the sweep", ["kind"])

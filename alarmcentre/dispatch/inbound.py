@@ -1,20 +1,36 @@
-"""Texts from contacts: understood replies move their dispatch on; anything else is shown and answered."""
+"""Texts from contacts: understood replies move their dispatch on; anything else is shown and answered.
+
+The answers the centre sends by itself (a confirmation, the help text, the late-reply thanks) are
+what an auto-responder talks back to, so they are bounded: no automatic answer to a text that looks
+automatic (an auto-reply marker, an echo of the centre's own text, a burst), and to a text not
+understood no help text or late-reply thanks if the number had one within AUTO_REPLY_WINDOW (a
+confirmation answers a person's reply word and does not count). The text is still stored, shown and
+applied; only the answer is left out, with a log line and a metric.
+"""
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from alarmcentre import clock
-from alarmcentre.clients.models import Client
+from alarmcentre import clock, metrics
+from alarmcentre.clients.models import Client, Language
 from alarmcentre.contacts.models import Contact
 from alarmcentre.dispatch import texts
 from alarmcentre.dispatch.escalation import record_answer
-from alarmcentre.dispatch.models import ACTIVE_STEP_STATES, IncidentStep, SharedResource, SmsMessage, StepState
+from alarmcentre.dispatch.models import (
+    ACTIVE_STEP_STATES,
+    IncidentStep,
+    SharedResource,
+    SmsDirection,
+    SmsMessage,
+    StepState,
+)
 from alarmcentre.dispatch.sms import queue_sms, record_inbound
 from alarmcentre.incidents.models import Incident, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import append_timeline
@@ -24,6 +40,21 @@ log = logging.getLogger(__name__)
 
 # A reply this long after the incident was resolved is still recognised as an answer to it.
 LATE_REPLY_WINDOW = timedelta(hours=24)
+
+# Loop bounds of the automatic answers (see the module's docstring; docs/dispatch.md "What texts cost: bounds").
+AUTO_REPLY_WINDOW = timedelta(minutes=30)  # texts not understood: one help or late-reply text a number in this
+BURST_WINDOW, BURST_TEXTS = timedelta(minutes=1), 5  # more texts than this within the window: a machine
+ECHO_LOOKBACK = timedelta(hours=24)  # a text repeating one the centre sent the number within this: an echo
+# How auto-responders start their texts (case and leading brackets or "Re:" ignored).
+AUTO_REPLY_MARKERS = (
+    "auto-reply", "autoreply", "auto reply", "automatic reply", "automated reply", "auto-response",
+    "autoresponse", "auto response", "automatic message", "automated message", "this is an automatic",
+    "this is an automated", "out of office", "out of the office", "away message", "automātiskā atbilde",
+    "automātiska atbilde", "automātiskā ziņa", "automātiskais ziņojums", "автоответ", "автоматический ответ",
+    "автоматическое сообщение", "abwesenheitsnotiz", "automatische antwort",
+)
+
+_HELP_TEXTS = sorted({texts.help_text(language) for language in Language})
 
 # Which step states a reply can apply to, most fitting first.
 _APPLIES_TO = {
@@ -87,12 +118,14 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
     if step is not None and incident is not None and reply is not None:
         message.step_id = step.id
         record_answer(session, incident=incident, step=step, answer=reply, actor=f"sms:{sender}", via="sms")
-        queue_sms(session, to=sender, body=texts.reply_confirmation(language, reply), purpose="reply",
-                  incident_id=incident.id)
+        if _may_answer(session, message, sender=sender, understood=True):
+            queue_sms(session, to=sender, body=texts.reply_confirmation(language, reply), purpose="reply",
+                      incident_id=incident.id)
         return InboundResult(message, reply, step)
     if late is not None and incident is not None:
-        queue_sms(session, to=sender, body=texts.late_reply_text(language), purpose="late_reply",
-                  incident_id=incident.id)
+        if _may_answer(session, message, sender=sender, understood=reply is not None):
+            queue_sms(session, to=sender, body=texts.late_reply_text(language), purpose="late_reply",
+                      incident_id=incident.id)
         return InboundResult(message, reply, None)
     if incident is None and not _known_number(session, sender):
         # Nobody the centre knows: kept for the operators, never answered. Answering any number would let
@@ -100,6 +133,8 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
         log.info("inbound SMS %d from a number the centre does not know: stored, not answered", message.id)
         return InboundResult(message, reply, None)
     # Unknown text, or a reply with nothing open to apply to: answer with help, keep it for the operator.
+    if not _may_answer(session, message, sender=sender, understood=reply is not None):
+        return InboundResult(message, reply, None)
     queue_sms(session, to=sender, body=texts.help_text(language), purpose="reply",
               incident_id=incident.id if incident else None)
     log.info("inbound SMS %d not matched to a dispatch (understood as %s)", message.id, message.interpreted_as)
@@ -114,3 +149,51 @@ def _known_number(session: Session, phone: str) -> bool:
 
     return any(session.scalar(select(exists().where(column == phone))) for column in (
         Contact.phone, Client.phone, User.phone, HomeCareWorker.phone, SharedResource.phone, IncidentStep.phone))
+
+
+def _may_answer(session: Session, message: SmsMessage, *, sender: str, understood: bool) -> bool:
+    """Whether the centre may answer this text by itself; when not, the decision is logged, counted
+    and kept on the inbound message (details["auto_reply"])."""
+    reason = _automatic_text(session, message, sender=sender)
+    if reason is None and not understood:
+        # Not understood: one help (or late-reply) text a window. An understood reply word is a person's,
+        # and answered; its confirmation does not count here.
+        recent = session.scalar(select(func.count()).select_from(SmsMessage).where(
+            SmsMessage.to_number == sender, SmsMessage.direction == SmsDirection.OUT,
+            or_(SmsMessage.purpose == "late_reply",
+                (SmsMessage.purpose == "reply") & SmsMessage.body.in_(_HELP_TEXTS)),
+            SmsMessage.created_at >= clock.now() - AUTO_REPLY_WINDOW))
+        if recent:
+            reason = "replied_recently"
+    if reason is None:
+        return True
+    message.details = {**(message.details or {}), "auto_reply": f"suppressed: {reason}"}
+    metrics.SMS_AUTO_REPLIES_SUPPRESSED.labels(reason).inc()
+    log.info("inbound SMS %d: no automatic answer (%s)", message.id, reason)
+    return False
+
+
+def _automatic_text(session: Session, message: SmsMessage, *, sender: str) -> str | None:
+    """Why this text looks sent by a machine, or None."""
+    body = _folded(message.body)
+    opening = body.lstrip("[(<*-_ ").removeprefix("re:").lstrip("[(<*-_ ")
+    if opening.startswith(AUTO_REPLY_MARKERS):
+        return "auto_reply_marker"
+    if body:
+        ours = session.scalars(select(SmsMessage.body).where(
+            SmsMessage.to_number == sender, SmsMessage.direction == SmsDirection.OUT,
+            SmsMessage.created_at >= clock.now() - ECHO_LOOKBACK).order_by(SmsMessage.id.desc()).limit(20))
+        for sent in map(_folded, ours):
+            if sent and (sent in body or (len(body) >= 20 and body in sent)):
+                return "echo"
+    texts_in_burst = session.scalar(select(func.count()).select_from(SmsMessage).where(
+        SmsMessage.from_number == sender, SmsMessage.direction == SmsDirection.IN,
+        SmsMessage.created_at >= clock.now() - BURST_WINDOW))
+    if (texts_in_burst or 0) > BURST_TEXTS:
+        return "burst"
+    return None
+
+
+def _folded(body: str) -> str:
+    """Lower case, one space between words: how two texts are compared."""
+    return " ".join(unicodedata.normalize("NFC", body).casefold().split())

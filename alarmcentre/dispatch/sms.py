@@ -3,9 +3,10 @@
 Messages are queued as rows in the same transaction as the decision to send them (an
 escalation step, an alert), so a decision is never lost and never made twice. The sender
 job picks due rows one at a time, checks they are still wanted (no text for a resolved
-incident; no supervisor alert once acknowledged), applies the per-number throttle, hands
-the text to the provider and records the result. A crash between the provider's answer and
-the commit can send one text twice; it can never lose one.
+incident; no supervisor alert once acknowledged), refuses numbers outside the allowed
+countries, applies the per-number throttle and the hourly caps, hands the text to the
+provider and records the result. A crash between the provider's answer and the commit can
+send one text twice; it can never lose one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.dispatch.models import SmsDirection, SmsMessage, SmsStatus
 from alarmcentre.incidents.models import Incident, IncidentStatus
+from alarmcentre.phone import DEFAULT_COUNTRY_CODE
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,30 @@ def build_provider(settings: Settings) -> SmsProvider:
 # Texts whose whole point is that the incident is over: never held back because it is resolved.
 AFTER_RESOLUTION = frozenset({"stand_down", "late_reply"})
 
+# Texts of an alarm's handling, decided by the escalation or an operator, never by a text from outside:
+# the hourly caps count them but never hold them (a cap must never stop help for a real alarm). The
+# caps hold everything else: the replies the centre sends by itself to inbound texts ("reply",
+# "late_reply"), which someone outside could pump.
+ALARM_PURPOSES = frozenset({"dispatch", "supervisor_alert", "inform", "stand_down"})
+
+
+def allowed_calling_codes(settings: Settings) -> tuple[str, ...]:
+    """The allowed destinations as E.164 prefixes without the '+', longest first ('1204' before '1')."""
+    codes = {code.strip().lstrip("+") for code in settings.sms_allowed_countries.split(",") if code.strip()}
+    return tuple(sorted(codes, key=lambda code: (-len(code), code)))
+
+
+def destination_code(number: str, codes: tuple[str, ...]) -> str | None:
+    """The allowed calling code a number falls under, or None: not an E.164 number in an allowed country."""
+    if not number.startswith("+"):
+        return None
+    return next((code for code in codes if number[1:].startswith(code)), None)
+
+
+def masked(number: str) -> str:
+    """A number as logs may show it: its calling code and a digit or so ('+4477…'), never the whole."""
+    return number[:5] + "…" if len(number) > 5 else "…"
+
 
 def queue_sms(
     session: Session, *, to: str, body: str, purpose: str, incident_id: int | None = None,
@@ -153,6 +179,7 @@ class SmsSender:
         self.provider = provider
         self._settings = settings
         self._on_failed = on_failed  # called with (session, message) when a text is given up on
+        self._codes = allowed_calling_codes(settings)
 
     def send_due(self, *, limit: int = 100) -> int:
         """Send what is due, one message per transaction; returns how many were handled."""
@@ -179,7 +206,14 @@ class SmsSender:
             message.status, message.last_error = SmsStatus.CANCELLED, reason
             log.info("sms %d not sent: %s", message.id, reason)
             return
+        code = destination_code(message.to_number, self._codes)
+        if code is None and message.purpose not in ALARM_PURPOSES:
+            # Only what the centre sends by itself is bounded: a relative abroad is still told of an alarm.
+            self._refuse_destination(session, message)
+            return
         wait_until = self._throttled_until(session, message, now)
+        if wait_until is None and message.purpose not in ALARM_PURPOSES and code is not None:
+            wait_until = self._capped_until(session, message, now, code)
         if wait_until is not None:
             message.not_before = wait_until
             return
@@ -219,6 +253,40 @@ class SmsSender:
             return "incident resolved"
         if message.purpose == "supervisor_alert" and status != IncidentStatus.OPEN:
             return "incident acknowledged"
+        return None
+
+    def _refuse_destination(self, session: Session, message: SmsMessage) -> None:
+        """Never handed to the provider: texts abroad cost more, and premium-rate numbers are the fraud."""
+        message.status = SmsStatus.FAILED
+        message.last_error = ("not sent: the number is not in an allowed country (ALARMCENTRE_SMS_ALLOWED_COUNTRIES="
+                              f"{','.join(sorted(self._codes))})")
+        metrics.SMS_REFUSED_COUNTRY.labels(message.purpose or "other").inc()
+        log.warning("sms %d (%s) to %s refused: not in an allowed country", message.id, message.purpose or "other",
+                    masked(message.to_number))
+        if self._on_failed is not None:
+            self._on_failed(session, message)
+
+    def _capped_until(self, session: Session, message: SmsMessage, now: datetime, code: str) -> datetime | None:
+        """The hourly caps, counted from the texts sent (every purpose) in the last hour: None, or when
+        enough of them are an hour old for this one to go."""
+        hour_ago = now - timedelta(hours=1)
+        sent = select(SmsMessage.sent_at).where(SmsMessage.sent_at > hour_ago, SmsMessage.id != message.id)
+        caps = [("global", sent, self._settings.sms_global_max_per_hour)]
+        if not code.startswith(DEFAULT_COUNTRY_CODE):  # the home country has the global cap only
+            caps.append(("country", sent.where(SmsMessage.to_number.startswith(f"+{code}", autoescape=True)),
+                         self._settings.sms_country_max_per_hour))
+        for cap, query, limit in caps:
+            count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            if count < limit:
+                continue
+            # The cap frees a place when the (count - limit + 1)th oldest of them turns an hour old.
+            freed = session.scalar(query.order_by(SmsMessage.sent_at).offset(count - limit).limit(1))
+            until = (freed or now) + timedelta(hours=1)
+            metrics.SMS_HELD.labels(cap).inc()
+            log.info("sms %d (%s) held by the %s cap (%d in the last hour) until %s", message.id,
+                     message.purpose or "other", "global" if cap == "global" else f"+{code}", count,
+                     until.isoformat(timespec="seconds"))
+            return until
         return None
 
     def _throttled_until(self, session: Session, message: SmsMessage, now: datetime) -> datetime | None:

@@ -89,5 +89,8 @@ def require_roles(*roles: Role) -> Callable[[User], User]:
 
 STAFF = (Role.OPERATOR, Role.SUPERVISOR, Role.TECHNICIAN, Role.ADMIN)
 INCIDENT_ROLES = (Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN)
+# Contacts, response plans and shared resources: who is phoned for a client. Read by the roles that handle
+# incidents, as on the dashboard (client and incident pages); a technician gets the client record only.
+PLAN_READERS = INCIDENT_ROLES
 CLIENT_EDITORS = (Role.SUPERVISOR, Role.ADMIN)
 DEVICE_EDITORS = (Role.TECHNICIAN, Role.ADMIN)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from alarmcentre.api_deps import CLIENT_EDITORS, STAFF, SessionDep, require_roles
+from alarmcentre.api_deps import CLIENT_EDITORS, PLAN_READERS, STAFF, SessionDep, require_roles
 from alarmcentre.clients import service
 from alarmcentre.clients.models import Client, ClientStatus
 from alarmcentre.clients.schemas import ClientIn, ClientOut, ClientPatch
@@ -18,6 +18,7 @@ from alarmcentre.users.models import Role, User
 router = APIRouter(prefix="/api/v1/clients", tags=["clients"])
 Reader = Annotated[User, Depends(require_roles(*STAFF))]
 Editor = Annotated[User, Depends(require_roles(*CLIENT_EDITORS))]
+ContactReader = Annotated[User, Depends(require_roles(*PLAN_READERS))]
 
 
 def for_reader(client: Client, user: User) -> ClientOut:
@@ -71,7 +72,7 @@ def update_client(
 
 
 @router.get("/{client_id}/contacts", response_model=list[ContactOut])
-def list_contacts(session: SessionDep, _u: Reader, client: Annotated[Client, Depends(load_client)]) -> list:
+def list_contacts(session: SessionDep, _u: ContactReader, client: Annotated[Client, Depends(load_client)]) -> list:
     return list(service.list_contacts(session, client_id=client.id))
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from alarmcentre.api_deps import CLIENT_EDITORS, STAFF, SessionDep, require_roles
+from alarmcentre.api_deps import CLIENT_EDITORS, PLAN_READERS, SessionDep, require_roles
 from alarmcentre.clients import service
 from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactOut, ContactPatch
@@ -25,7 +25,7 @@ def load_contact(session: SessionDep, contact_id: Id) -> Contact:
 
 
 @router.get("/{contact_id}", response_model=ContactOut)
-def get_contact(_u: Annotated[User, Depends(require_roles(*STAFF))],
+def get_contact(_u: Annotated[User, Depends(require_roles(*PLAN_READERS))],
                 contact: Annotated[Contact, Depends(load_contact)]) -> Contact:
     return contact
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import select
 
-from alarmcentre.api_deps import CLIENT_EDITORS, INCIDENT_ROLES, STAFF, SessionDep, require_roles
+from alarmcentre.api_deps import CLIENT_EDITORS, INCIDENT_ROLES, PLAN_READERS, SessionDep, require_roles
 from alarmcentre.clients.models import Client
 from alarmcentre.db import transaction
 from alarmcentre.dispatch import actions, plans
@@ -40,7 +40,7 @@ from alarmcentre.schemas import MAX_ID, Id
 from alarmcentre.users.models import Role, User
 
 router = APIRouter(tags=["dispatch"])
-Staff = Annotated[User, Depends(require_roles(*STAFF))]
+PlanReader = Annotated[User, Depends(require_roles(*PLAN_READERS))]
 PlanEditor = Annotated[User, Depends(require_roles(*CLIENT_EDITORS))]
 Operator = Annotated[User, Depends(require_roles(*INCIDENT_ROLES))]
 Admin = Annotated[User, Depends(require_roles(Role.ADMIN))]
@@ -78,7 +78,7 @@ def _incident(session: SessionDep, incident_id: int) -> Incident:
 
 
 @router.get("/api/v1/clients/{client_id}/plan", response_model=list[PlanStepOut])
-def get_plan(_u: Staff, session: SessionDep, client_id: int) -> list[PlanStepOut]:
+def get_plan(_u: PlanReader, session: SessionDep, client_id: int) -> list[PlanStepOut]:
     return plans.get_plan(session, client=_client(session, client_id))
 
 
@@ -90,7 +90,7 @@ def replace_plan(_u: PlanEditor, body: PlanIn, session: SessionDep, client_id: i
 
 
 @router.get("/api/v1/resources", response_model=list[ResourceOut])
-def list_resources(_u: Staff, session: SessionDep, municipality_id: Id | None = None) -> list[SharedResource]:
+def list_resources(_u: PlanReader, session: SessionDep, municipality_id: Id | None = None) -> list[SharedResource]:
     return list(plans.list_resources(session, municipality_id=municipality_id))
 
 

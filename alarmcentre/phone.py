@@ -18,3 +18,8 @@ def normalise_phone(raw: str) -> str:
     if not _E164.match(digits):
         raise ValueError(f"not a phone number in international form: {raw!r}")
     return digits
+
+
+def masked(number: str) -> str:
+    """A number as logs may show it: its calling code and a digit or so ('+4477…'), never the whole."""
+    return number[:5] + "…" if len(number) > 5 else "…"

@@ -25,7 +25,7 @@ from alarmcentre.config import Settings
 from alarmcentre.db import transaction
 from alarmcentre.dispatch.models import SmsDirection, SmsMessage, SmsStatus
 from alarmcentre.incidents.models import Incident, IncidentStatus
-from alarmcentre.phone import DEFAULT_COUNTRY_CODE
+from alarmcentre.phone import DEFAULT_COUNTRY_CODE, masked
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,6 @@ def destination_code(number: str, codes: tuple[str, ...]) -> str | None:
     if not number.startswith("+"):
         return None
     return next((code for code in codes if number[1:].startswith(code)), None)
-
-
-def masked(number: str) -> str:
-    """A number as logs may show it: its calling code and a digit or so ('+4477…'), never the whole."""
-    return number[:5] + "…" if len(number) > 5 else "…"
 
 
 def queue_sms(

@@ -23,9 +23,10 @@ from alarmcentre.dispatch import escalation, texts
 from alarmcentre.dispatch.models import IncidentStep, StepState
 from alarmcentre.incidents.models import Incident, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import append_timeline
+from alarmcentre.phone import masked
 from alarmcentre.voice.models import CallDirection, CallPurpose, VoiceCall
 from alarmcentre.voice.provider import VoiceError, VoiceProvider
-from alarmcentre.voice.service import TTS_LANGUAGE, masked, webhook
+from alarmcentre.voice.service import TTS_LANGUAGE, webhook
 
 log = logging.getLogger(__name__)
 

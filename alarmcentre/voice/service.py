@@ -30,7 +30,7 @@ from alarmcentre.dispatch.actions import SUPERVISING, Conflict, Forbidden, Inval
 from alarmcentre.dispatch.models import IncidentStep
 from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import active_key, alarm_priority, append_timeline
-from alarmcentre.phone import normalise_phone
+from alarmcentre.phone import masked, normalise_phone
 from alarmcentre.users.models import User
 from alarmcentre.voice.models import ENDED, STATUS_RANK, CallDirection, CallPurpose, VoiceCall
 from alarmcentre.voice.provider import VoiceError, VoiceProvider
@@ -52,11 +52,6 @@ TTS_LANGUAGE = {"lv": "lv-LV", "en": "en-GB", "ru": "ru-RU"}
 
 def queue_name(incident_id: int) -> str:
     return f"incident-{incident_id}"
-
-
-def masked(number: str) -> str:
-    """For logs: never a phone number in full."""
-    return number[:4] + "…" + number[-2:] if len(number) > 6 else "…"
 
 
 def webhook(base: str, path: str, **query: int) -> str:

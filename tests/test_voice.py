@@ -57,6 +57,7 @@ class Line:
     """The centre with Twilio configured (pointing at the fake), one client with a device and a plan."""
 
     db: Database
+    settings: Settings
     http: TestClient
     fake: FakeTwilio
     client_id: int
@@ -108,7 +109,7 @@ class Line:
     def act(self, do: Any, incident_id: int, user_id: int | None = None) -> VoiceCall:
         with transaction(self.db.sessions) as session:
             incident, user = session.get_one(Incident, incident_id), session.get_one(User, user_id or self.operator_id)
-            return do(session, provider=build_voice(settings_of(self)), base=PUBLIC_URL, incident=incident,
+            return do(session, provider=build_voice(self.settings), base=PUBLIC_URL, incident=incident,
                       user=user)
 
     def incident_of(self, sid: str) -> Incident:
@@ -128,13 +129,6 @@ class Line:
     def count(self, model: type) -> int:
         with self.db.sessions() as session:
             return int(session.scalar(select(func.count()).select_from(model)) or 0)
-
-
-_SETTINGS: dict[int, Settings] = {}
-
-
-def settings_of(line: Line) -> Settings:
-    return _SETTINGS[id(line)]
 
 
 def voice_settings(fake: FakeTwilio, tmp_path: Path) -> Settings:
@@ -169,10 +163,7 @@ def line(any_db: Database, fake: FakeTwilio, tmp_path: Path) -> Iterator[Line]:
         session.flush()
         client_id, operator_id = client.id, operator.id
     with TestClient(create_app(settings=settings, session_factory=any_db.sessions)) as http:
-        built = Line(any_db, http, fake, client_id, operator_id)
-        _SETTINGS[id(built)] = settings
-        yield built
-        del _SETTINGS[id(built)]
+        yield Line(any_db, settings, http, fake, client_id, operator_id)
 
 
 # -- the call comes in -----------------------------------------------------------------------
@@ -486,7 +477,7 @@ def _voice_plan(line: Line) -> tuple[int, list[int]]:
 
 
 def _dialer(line: Line) -> VoiceDialer:
-    return VoiceDialer(factory=line.db.sessions, provider=build_voice(settings_of(line)), settings=settings_of(line))
+    return VoiceDialer(factory=line.db.sessions, provider=build_voice(line.settings), settings=line.settings)
 
 
 def _state(line: Line, step_id: int) -> StepState:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pika
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from alarmcentre.broker import rabbitmq
@@ -80,13 +83,29 @@ class Rabbit:
                 connection.close()
 
 
-def start_cluster() -> Iterator[Rabbit]:
+def start_cluster(attempts: int = 2, budget: float = 150.0) -> Iterator[Rabbit]:
+    """A private 3-node cluster with the centre's and the test devices' logins.
+
+    A start that fails or takes longer than `budget` is tried once more on new ports, saying why (the
+    nodes' last log lines): a port taken between choosing it and binding it must not fail a module."""
     if not (RABBIT_BIN / "rabbitmq-server").exists():
         missing_service(f"no RabbitMQ server in {RABBIT_BIN} (Debian: apt-get install rabbitmq-server)")
-    base = Path(tempfile.mkdtemp(prefix="alarmcentre-rabbit-"))
-    cluster = RabbitCluster(base / "cluster", prefix=f"act{base.name[-6:].lower().replace('_', '')}")
+    for attempt in range(1, attempts + 1):
+        base = Path(tempfile.mkdtemp(prefix="alarmcentre-rabbit-"))
+        cluster = RabbitCluster(base / "cluster", prefix=f"act{base.name[-6:].lower().replace('_', '')}")
+        try:
+            seconds = cluster.start(budget=budget)
+            break
+        except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as error:
+            logs = cluster.log_tail()
+            cluster.stop()
+            shutil.rmtree(base, ignore_errors=True)
+            if attempt == attempts:
+                pytest.fail(f"the private RabbitMQ cluster did not start ({attempts} tries): {error}\n{logs}")
+            print(f"the private RabbitMQ cluster did not start ({error}); again on new ports\n{logs}",
+                  file=sys.stderr)
+    print(f"private RabbitMQ cluster ready in {seconds:.1f} s", file=sys.stderr)
     try:
-        cluster.start()
         definitions = rabbitmq.empty()
         rabbitmq.set_login(definitions, CENTRE_USER, CENTRE_PASSWORD)
         for serial in DEVICES:

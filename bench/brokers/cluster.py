@@ -217,6 +217,7 @@ class RabbitCluster(Cluster):
         self.cookie = "ALARMCENTREBENCH" + os.urandom(8).hex().upper()
         self.epmd_port = free_ports(1)[0]
         self.epmd: subprocess.Popen | None = None
+        self._deadline = time.monotonic() + 300.0
         self.home = base / "home"
         for i in range(size):
             amqp, mqtt, dist = free_ports(3)
@@ -255,8 +256,10 @@ class RabbitCluster(Cluster):
             raise RuntimeError(f"{tool} {' '.join(args)} on {node.name}: {r.returncode} {r.stdout} {r.stderr}")
         return r.stdout
 
-    def start(self) -> float:
+    def start(self, budget: float = 300.0) -> float:
+        """Start every node and form the cluster; TimeoutError when that takes longer than `budget` seconds."""
         t0 = time.monotonic()
+        self._deadline = t0 + budget
         self.base.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(exist_ok=True)
         cookie = self.home / ".erlang.cookie"
@@ -297,17 +300,30 @@ class RabbitCluster(Cluster):
 
     def _await(self, i: int) -> None:
         node = self.nodes[i]
-        deadline = time.monotonic() + 180
+        deadline = min(time.monotonic() + 180, self._deadline)
         while True:  # await_startup fails at once while the node is not yet registered with epmd
+            left = deadline - time.monotonic()
             try:
-                self.ctl(i, "await_startup", "--timeout", "180", timeout=200)
+                self.ctl(i, "await_startup", "--timeout", str(max(1, int(left))), timeout=max(5.0, left + 10))
                 break
+            except subprocess.TimeoutExpired as error:
+                raise TimeoutError(f"{node.name} did not finish starting: {error}") from error
             except RuntimeError:
                 if time.monotonic() > deadline or (node.proc is not None and node.proc.poll() is not None):
                     raise
                 time.sleep(0.5)
         node.pid = int((node.dir / "beam.pid").read_text().strip())
         wait_port(node.mqtt, 30)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines each node wrote (its log and its console), for a failure message."""
+        parts = []
+        for node in self.nodes:
+            for path in [node.dir / "stdout.log", *sorted((node.dir / "log").glob("*.log"))]:
+                if path.exists():
+                    tail = path.read_text(errors="replace").splitlines()[-lines:]
+                    parts.append(f"--- {path.name} of {node.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def stop(self) -> None:
         keep = self.keep

@@ -42,7 +42,7 @@ CAPABILITIES: dict[str, Capability] = {
     "own session": Capability(_STAFF, "who am I, log out, the dashboard's live feed"),
     "manage login throttles": Capability(_SUPERVISING),
     "read municipalities": Capability(_STAFF),
-    "create municipalities": Capability(frozenset({"admin"})),
+    "create and change municipalities": Capability(frozenset({"admin"})),
     "read client records": Capability(_STAFF, "technicians get `medical_notes: null`"),
     "read client files, contacts and plans": Capability(
         _INCIDENTS, "medical notes, contacts, response plans, shared resources, a client's incidents"),
@@ -76,7 +76,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/login-throttles"): "manage login throttles",
     ("DELETE", "/api/v1/login-throttles"): "manage login throttles",
     ("GET", "/api/v1/municipalities"): "read municipalities",
-    ("POST", "/api/v1/municipalities"): "create municipalities",
+    ("POST", "/api/v1/municipalities"): "create and change municipalities",
+    ("PATCH", "/api/v1/municipalities/{municipality_id}"): "create and change municipalities",
     ("GET", "/api/v1/clients"): "read client records",
     ("POST", "/api/v1/clients"): "edit clients, contacts and plans",
     ("GET", "/api/v1/clients/{client_id}"): "read client records",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
@@ -100,3 +101,10 @@ def stage_escalations(session: Session, count: int, first_due: datetime, spread_
                                   due_at=first_due + timedelta(seconds=spread_s * i / count)))
         ids.append(incident.id)
     return ids
+
+
+def reply_code(dispatch_text: str) -> str:
+    """The code a dispatch text asks its answers to repeat ("Atbildiet 1 482 - pieņemu" → "482")."""
+    match = re.search(r"\b1 (\d{3})\b", dispatch_text)
+    assert match, f"no reply code in the dispatch text {dispatch_text!r}"
+    return match[1]

@@ -367,6 +367,23 @@ def test_only_admin_creates_municipalities(api: Api) -> None:
     assert [m["name"] for m in listed] == ["Rīga"]
 
 
+def test_an_admin_lets_a_municipality_take_plain_texted_answers(api: Api) -> None:
+    created = api.post("/api/v1/municipalities", {"name": "Ogre", "phone": "6500 0000"}).json()
+    assert created["plain_sms_replies"] is False, "answers must carry the dispatch code unless chosen otherwise"
+    path = f"/api/v1/municipalities/{created['id']}"
+    for role in (Role.OPERATOR, Role.SUPERVISOR, Role.TECHNICIAN):
+        assert api.patch(path, {"plain_sms_replies": True}, role=role).status_code == 403, role
+    changed = api.patch(path, {"plain_sms_replies": True, "social_service": "Ogres sociālais dienests"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json() == {**created, "plain_sms_replies": True, "social_service": "Ogres sociālais dienests"}
+    assert api.patch(path, {"phone": None}).json()["phone"] is None
+    assert api.patch(path, {"plain_sms_replies": "sometimes"}).status_code == 422
+    api.post("/api/v1/municipalities", {"name": "Rīga"})
+    assert api.patch(path, {"name": "Rīga"}).status_code == 409
+    assert api.patch("/api/v1/municipalities/999999", {"name": "X"}).status_code == 404
+    assert api.get("/api/v1/municipalities", Role.OPERATOR).json()[0]["plain_sms_replies"] is True
+
+
 # -- clients -------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from alarmcentre.municipalities.models import Municipality
 from alarmcentre.users.models import User
 from alarmcentre.web.i18n import catalogue_path
 from tests.conftest import services_required
+from tests.factories import reply_code
 
 try:
     from playwright.sync_api import Locator, Page, expect
@@ -164,12 +165,14 @@ def test_an_alarm_goes_from_the_press_to_resolved_without_reloading(
     connected(incident)
     mark(incident)
 
-    # The relative answers "JA" (simulated, in a second tab of the same operator).
+    # The relative answers "JA" and the code their text asks for (simulated, in a second tab of the same operator).
     sms = incident.context.new_page()
     sms.goto("/ui/sms")
-    expect(sms.locator(f"[data-testid=sms-row][data-direction=out]:has-text('{phone}')")).to_have_count(1)
+    dispatch = sms.locator(f"[data-testid=sms-row][data-direction=out]:has-text('{phone}')")
+    expect(dispatch).to_have_count(1)
+    answer = f"JA {reply_code(dispatch.inner_text())}"
     sms.get_by_test_id("simulate-from").fill(phone)
-    sms.get_by_test_id("simulate-body").fill("JA")
+    sms.get_by_test_id("simulate-body").fill(answer)
     sms.get_by_test_id("simulate-send").click()
     sent = time.monotonic()
     expect(sms.locator("[data-testid=sms-row][data-direction=in]")).to_have_count(1)
@@ -177,7 +180,7 @@ def test_an_alarm_goes_from_the_press_to_resolved_without_reloading(
     reply = incident.locator("[data-testid=timeline-entry][data-kind=sms_reply]")
     expect(reply).to_have_count(1, timeout=LIVE_MS)
     report("SMS reply to the incident's timeline", time.monotonic() - sent)
-    expect(reply).to_contain_text("«JA»")
+    expect(reply).to_contain_text(f"«{answer}»")
     expect(step).to_have_attribute("data-state", "accepted")
     assert_not_reloaded(incident)
 

@@ -41,7 +41,7 @@ from alarmcentre.runtime import Database
 from alarmcentre.users.models import Role
 from alarmcentre.users.service import create_user
 from tests.conftest import start_alarmcentre
-from tests.factories import Clock, make_client, make_device, message, stage_escalations
+from tests.factories import Clock, make_client, make_device, message, reply_code, stage_escalations
 
 T0 = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
 WORKER, NEIGHBOUR, SUPERVISOR_PHONE = "+37120000001", "+37120000002", "+37129999999"
@@ -69,6 +69,13 @@ class Centre:
         response = self.http.post(path, json=json or {}, headers=self.as_(user))
         assert response.status_code < 300, (path, response.status_code, response.text)
         return response.json()
+
+    def reply(self, user: str, phone: str, word: str) -> dict:
+        """The person at that phone answers their last dispatch text (in the outbox) with the word and its code,
+        through the simulate-reply route as a tester does."""
+        (last, *_) = reversed(self.texts(purpose="dispatch", to_number=phone))
+        return self.post(user, "/api/v1/sms/simulate-reply",
+                         {"from_number": phone, "body": f"{word} {reply_code(last.body)}"})
 
     def tick(self, seconds: float) -> None:
         """Time passes; the scheduler's jobs run."""
@@ -168,17 +175,18 @@ def test_the_whole_night(centre: Centre) -> None:
     centre.tick(1)
     (to_worker,) = centre.texts(purpose="dispatch")
     assert to_worker.to_number == WORKER and to_worker.status == SmsStatus.SENT
-    assert "Anna Bērziņa" in to_worker.body and "1 - pieņemu" in to_worker.body
+    assert "Anna Bērziņa" in to_worker.body and f"1 {reply_code(to_worker.body)} - pieņemu" in to_worker.body
 
     centre.tick(298)
     assert len(centre.texts(purpose="dispatch")) == 1
     centre.tick(2)  # the worker did not answer within 300 s: the neighbour is texted by itself
     dispatches = centre.texts(purpose="dispatch")
     assert [t.to_number for t in dispatches] == [WORKER, NEIGHBOUR]
-    assert "Reply 1 = accept" in dispatches[1].body  # the neighbour's language is English
+    # the neighbour's language is English
+    assert f"Reply 1 {reply_code(dispatches[1].body)} = accept" in dispatches[1].body
 
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": NEIGHBOUR, "body": "1"})
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": NEIGHBOUR, "body": "arrived"})
+    centre.reply("op-a", NEIGHBOUR, "1")
+    centre.reply("op-a", NEIGHBOUR, "arrived")
     centre.tick(1)
     with centre.db.sessions() as session:
         states = [s.state for s in session.scalars(select(IncidentStep).order_by(IncidentStep.position))]
@@ -189,7 +197,7 @@ def test_the_whole_night(centre: Centre) -> None:
     resolved = centre.post("op-a", f"/api/v1/incidents/{incident_id}/resolve",
                            {"outcome": "relative_attended", "notes": "neighbour helped her up"})
     assert resolved["status"] == "resolved" and resolved["outcome"] == "relative_attended"
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": NEIGHBOUR, "body": "DONE"})
+    centre.reply("op-a", NEIGHBOUR, "DONE")
     centre.tick(3600)
     ended = resolved_at(centre, incident_id)
     sent_after = [t for t in centre.texts(incident_id=incident_id)
@@ -220,9 +228,9 @@ def test_a_decline_moves_on_at_once_and_an_exhausted_plan_goes_to_the_operator(c
     centre.post("op-a", f"/api/v1/incidents/{incident_id}/acknowledge")
     steps = centre.http.get(f"/api/v1/incidents/{incident_id}/steps", headers=centre.as_("op-a")).json()
     centre.post("op-a", f"/api/v1/incidents/{incident_id}/steps/start", {"step_id": steps[0]["id"]})
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "Nē"})
+    centre.reply("op-a", WORKER, "Nē")
     assert [t.to_number for t in centre.texts(purpose="dispatch")] == [WORKER, NEIGHBOUR]
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": NEIGHBOUR, "body": "no"})
+    centre.reply("op-a", NEIGHBOUR, "no")
     # The next step (call 113) is operator-driven: it waits for the operator, nothing is texted.
     assert len(centre.texts(purpose="dispatch")) == 2
     assert centre.timeline(incident_id)[-1] == "note"

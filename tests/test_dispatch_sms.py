@@ -9,6 +9,7 @@ the texts themselves (length, content, and never a medical note).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from sqlalchemy import select
 
 from alarmcentre import clock
 from alarmcentre.app import create_app
-from alarmcentre.clients.models import Language
+from alarmcentre.clients.models import Client, Language
 from alarmcentre.config import Settings
 from alarmcentre.contacts.models import Contact, ContactKind
 from alarmcentre.db import transaction
@@ -45,6 +46,7 @@ from alarmcentre.dispatch.models import (
 )
 from alarmcentre.dispatch.sms import SmsError, SmsSender, TwilioProvider, build_provider, queue_sms
 from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus, TimelineEntry, TimelineKind
+from alarmcentre.municipalities.models import Municipality
 from alarmcentre.runtime import Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
@@ -161,6 +163,21 @@ class Centre:
     def reply(self, from_: str, body: str) -> None:
         response = self.text_in(from_, body)
         assert response.status_code == 200, response.text
+
+    def code(self, phone: str) -> str:
+        """The code in the last dispatch text to that phone, read as its owner reads it."""
+        (body, *_) = [m.body for m in reversed(self.texts(purpose="dispatch", to_number=phone))]
+        match = re.search(r"\b1 (\d{3})\b", body)
+        assert match, f"no reply code in the dispatch text {body!r}"
+        return match[1]
+
+    def coded(self, phone: str, word: str) -> str:
+        """A reply word as the dispatch text asks for it: with its code."""
+        return f"{word} {self.code(phone)}"
+
+    def answer(self, phone: str, word: str) -> None:
+        """The person at that phone answers their last dispatch text with the word and its code."""
+        self.reply(phone, self.coded(phone, word))
 
     def report(self, sid: str, status: str, error_code: str | None = None) -> int:
         """Twilio's delivery report for a sent text, through the status webhook."""
@@ -594,7 +611,7 @@ def test_a_retried_webhook_is_handled_once(centre: Centre) -> None:
     case = centre.dispatched()
     sid = fake_twilio.new_sid()
     for _ in range(2):
-        response = centre.text_in(WORKER, "1", sid=sid)
+        response = centre.text_in(WORKER, centre.coded(WORKER, "1"), sid=sid)
         assert response.status_code == 200
     assert len(centre.texts(direction=SmsDirection.IN)) == 1
     assert len(centre.texts(purpose="reply")) == 1
@@ -620,12 +637,13 @@ def test_a_reply_moves_the_senders_step_and_is_confirmed(centre: Centre, fake: F
     plan = [(kind, name, phone, language if phone == WORKER else lang) for kind, name, phone, lang in PLAN]
     case = centre.dispatched(plan)
     for earlier in _BEFORE[meaning]:
-        centre.reply(WORKER, earlier)
+        centre.answer(WORKER, earlier)
     replies_before = len(centre.texts(purpose="reply"))
 
-    centre.reply(WORKER, body)
+    code = centre.code(WORKER)
+    centre.reply(WORKER, f"{body} {code}")
     received = centre.texts(direction=SmsDirection.IN)[-1]
-    assert (received.body, received.interpreted_as) == (body, meaning.value)
+    assert (received.body, received.interpreted_as) == (f"{body} {code}", meaning.value)
     assert (received.incident_id, received.step_id) == (case.incident, case.steps[0])
     states = centre.states(case)
     assert states[0] == _AFTER[meaning]
@@ -640,7 +658,7 @@ def test_a_reply_moves_the_senders_step_and_is_confirmed(centre: Centre, fake: F
     confirmations = centre.texts(purpose="reply")
     assert len(confirmations) == replies_before + 1
     confirmation = confirmations[-1]
-    assert (confirmation.to_number, confirmation.body) == (WORKER, texts.reply_confirmation(language, meaning))
+    assert (confirmation.to_number, confirmation.body) == (WORKER, texts.reply_confirmation(language, meaning, code))
     for _ in range(4):
         centre.tick(5)  # past the per-number spacing of the confirmations
     assert (WORKER, confirmation.body) in [(r.field("To"), r.field("Body")) for r in fake.accepted]
@@ -666,6 +684,105 @@ def test_an_unknown_text_is_shown_on_the_incident_and_answered_with_help(any_cen
     assert (answer.to_number, answer.body, answer.incident_id) == (WORKER, texts.help_text(language), case.incident)
     any_centre.tick(60)
     assert any_centre.text(answer.id).status == SmsStatus.SENT
+
+
+# -- answers bound to the dispatch: the reply repeats the dispatch text's code -------------------
+
+
+def _sms_reply(centre: Centre, case: Case) -> dict[str, Any]:
+    (entry, *_) = [e for e in reversed(centre.timeline(case)) if e.kind == TimelineKind.SMS_REPLY]
+    return entry.details
+
+
+def test_a_forged_yes_without_the_code_changes_nothing_and_the_plan_moves_on(any_centre: Centre) -> None:
+    """A sender number can be forged: "1" from the worker's number neither accepts nor stops the timer."""
+    case = any_centre.dispatched()
+    code = any_centre.code(WORKER)
+    any_centre.reply(WORKER, "1")
+    received = any_centre.texts(direction=SmsDirection.IN)[-1]
+    assert (received.interpreted_as, received.step_id, received.details) == ("accept", None, {"reply_code": "missing"})
+    assert any_centre.states(case) == [StepState.WAITING, StepState.PENDING, StepState.PENDING]
+    shown = _sms_reply(any_centre, case)
+    assert (shown["understood_as"], shown["code_check"], shown["body"]) == (None, "missing", "1")
+    # The number's owner (only they get texts to it) is told how to answer so that it counts.
+    (hint,) = any_centre.texts(purpose="reply")
+    assert (hint.to_number, hint.body) == (WORKER, texts.code_missing_text(LV, texts.Reply.ACCEPT, code))
+    assert hint.body.endswith(f"1 {code}")
+    any_centre.tick(301)  # the step's wait: nobody accepted, so the next person is asked
+    assert any_centre.states(case)[:2] == [StepState.NO_ANSWER, StepState.WAITING]
+    assert [m.to_number for m in any_centre.texts(purpose="dispatch")] == [WORKER, NEIGHBOUR]
+
+
+def test_wrong_codes_are_not_applied_and_after_three_no_texted_answer_counts(centre: Centre) -> None:
+    case = centre.dispatched()
+    code = centre.code(WORKER)
+    wrong = [c for c in ("101", "555", "999", "102") if c != code][:3]
+    for guess in wrong:
+        centre.reply(WORKER, f"1 {guess}")
+        assert centre.texts(direction=SmsDirection.IN)[-1].details == {"reply_code": "wrong"}
+        assert _sms_reply(centre, case)["code_check"] == "wrong"
+    centre.reply(WORKER, f"1 {code}")  # right at last, but a fourth try: the operator decides
+    assert centre.texts(direction=SmsDirection.IN)[-1].details == {"reply_code": "locked"}
+    assert _sms_reply(centre, case)["code_check"] == "locked"
+    assert centre.states(case)[0] == StepState.WAITING
+    assert TimelineKind.STEP_ANSWER not in [e.kind for e in centre.timeline(case)]
+
+
+def test_the_code_says_which_of_a_workers_dispatches_a_reply_answers(any_centre: Centre) -> None:
+    first, second = any_centre.dispatched(), any_centre.open_incident()
+    any_centre.start(second)
+    any_centre.tick(6)  # past the spacing of texts to one number
+    codes = [re.search(r"\b1 (\d{3})\b", m.body)[1]  # type: ignore[index]
+             for m in any_centre.texts(purpose="dispatch", to_number=WORKER)]
+    assert len(set(codes)) == 2, "one number's open dispatches have different codes"
+    any_centre.reply(WORKER, f"{codes[0]} jā")  # the older one; without the code the newer would be taken
+    assert any_centre.states(first)[0] == StepState.ACCEPTED
+    assert any_centre.states(second)[0] == StepState.WAITING
+    assert any_centre.texts(direction=SmsDirection.IN)[-1].incident_id == first.incident
+
+
+def test_a_municipality_that_opted_in_takes_plain_replies(any_centre: Centre) -> None:
+    case = any_centre.dispatched()
+    with transaction(any_centre.db.sessions) as session:
+        incident = session.get_one(Incident, case.incident)
+        client = session.get_one(Client, incident.client_id)
+        session.get_one(Municipality, client.municipality_id).plain_sms_replies = True
+    any_centre.reply(WORKER, "1")
+    assert any_centre.states(case)[0] == StepState.ACCEPTED
+    assert _sms_reply(any_centre, case)["code_check"] == "plain", "the operator sees it was taken without the code"
+
+
+def test_a_text_sent_before_texts_carried_codes_takes_a_plain_reply(centre: Centre) -> None:
+    case = centre.dispatched()
+    with transaction(centre.db.sessions) as session:
+        session.get_one(IncidentStep, case.steps[0]).reply_code = None  # as migrated from an older centre
+    centre.reply(WORKER, "Jā")
+    assert centre.states(case)[0] == StepState.ACCEPTED
+
+
+@pytest.mark.parametrize(("body", "parsed"), [
+    ("1 482", (texts.Reply.ACCEPT, "482")), ("482 1", (texts.Reply.ACCEPT, "482")),
+    ("1482", (texts.Reply.ACCEPT, "482")), (" Jā, 482! ", (texts.Reply.ACCEPT, "482")),
+    ("jā482", (texts.Reply.ACCEPT, "482")), ("2 482", (texts.Reply.DECLINE, "482")),
+    ("ierados 482", (texts.Reply.ARRIVED, "482")), ("ESMU KLĀT 482", (texts.Reply.ARRIVED, "482")),
+    ("Esmu klāt482", (texts.Reply.ARRIVED, "482")), ("PABEIGTS 482", (texts.Reply.DONE, "482")),
+    ("1", (texts.Reply.ACCEPT, None)), ("Nē", (texts.Reply.DECLINE, None)),
+    ("482", (None, "482")), ("kas notiek? 482", (None, "482")), ("1 48", (None, None)),
+    ("1 4821", (None, None)), ("Brīvības iela 12-3", (None, None)), ("", (None, None)),
+])
+def test_a_reply_word_and_its_code_are_read_in_the_ways_people_type_them(
+        body: str, parsed: tuple[texts.Reply | None, str | None]) -> None:
+    assert texts.parse_reply(body) == parsed
+
+
+@pytest.mark.parametrize("language", [LV, EN, Language.RU])
+def test_every_text_that_asks_for_an_answer_names_the_code_and_fits_one_segment_or_two(language: Language) -> None:
+    for reply in texts.Reply:
+        hint = texts.code_missing_text(language, reply, CODE)
+        assert texts.parse_reply(hint.rsplit(": ", 1)[1]) == (reply, CODE), hint
+        assert fake_twilio.segments(hint) <= 2
+    confirmation = texts.reply_confirmation(language, texts.Reply.ACCEPT, CODE)
+    assert confirmation.count(CODE) == 2 and fake_twilio.segments(confirmation) <= 2
 
 
 def test_a_reply_from_a_known_number_with_no_open_dispatch_gets_help_and_changes_nothing(centre: Centre) -> None:
@@ -752,7 +869,7 @@ def test_a_late_failure_report_does_not_undo_an_answer(centre: Centre) -> None:
     case = centre.dispatched()
     (dispatch,) = centre.texts(purpose="dispatch")
     assert dispatch.provider_sid is not None
-    centre.reply(WORKER, "1")
+    centre.answer(WORKER, "1")
     assert centre.report(dispatch.provider_sid, "undelivered", "30005") == 204
     assert centre.states(case) == [StepState.ACCEPTED, StepState.PENDING, StepState.PENDING]
     assert TimelineKind.STEP_FAILED not in [e.kind for e in centre.timeline(case)]
@@ -793,14 +910,16 @@ def test_without_twilio_simulated_replies_drive_the_same_logic(any_outbox_centre
     assert (dispatch.provider, dispatch.from_number) == ("outbox", "outbox")
     assert dispatch.provider_sid is not None and dispatch.provider_sid.startswith("outbox-")
 
-    response = outbox_centre.http.post("/api/v1/sms/simulate-reply", json={"from_number": "2000 0001", "body": "Jā"})
+    code = outbox_centre.code(WORKER)
+    response = outbox_centre.http.post("/api/v1/sms/simulate-reply",
+                                       json={"from_number": "2000 0001", "body": f"Jā {code}"})
     assert response.status_code == 201, response.text
     assert (response.json()["from_number"], response.json()["interpreted_as"]) == (WORKER, "accept")
     assert outbox_centre.states(case)[0] == StepState.ACCEPTED
     response = outbox_centre.http.post("/api/v1/sms/simulate-reply", json={"from_number": WORKER, "body": "kas?"})
     assert response.status_code == 201 and response.json()["interpreted_as"] == "unknown"
     assert [m.body for m in outbox_centre.texts(purpose="reply")] == [
-        texts.reply_confirmation(LV, texts.Reply.ACCEPT), texts.help_text(LV)]
+        texts.reply_confirmation(LV, texts.Reply.ACCEPT, code), texts.help_text(LV)]
     outbox_centre.tick(60)
     outbox_centre.tick(5)
     assert {m.status for m in outbox_centre.texts(direction=SmsDirection.OUT)} == {SmsStatus.SENT}
@@ -831,7 +950,8 @@ addresses, ascii_addresses = _text(LATVIAN + "0123456789 -.,/", 300), _text(ASCI
 ALARMS = sorted(texts.ALARM_WHAT[LV])  # the alarms a helper is texted about
 alarms = st.sampled_from(ALARMS)
 languages = st.sampled_from([LV, EN, Language.RU])
-HOW_TO_ANSWER = {LV: ("1 - pieņemu", "2 - nevaru"), EN: ("1 = accept", "2 = can't")}
+CODE = "482"
+HOW_TO_ANSWER = {LV: ("1 482 - pieņemu", "2 482 - nevaru"), EN: ("1 482 = accept", "2 482 = can't")}
 REALISTIC = [  # the first three fit whole; the others are cut
     ("Anna Bērziņa", "Brīvības iela 12-3, Ogre"),
     ("Mary O'Brien", "12 High Street, Riga"),
@@ -850,14 +970,14 @@ def _lang(language: Language) -> Language:
 def _uncut(language: Language, *, name: str, address: str, alarm: str) -> str:
     """The dispatch text as it would be with no length limit."""
     with patch.object(texts, "MAX_SEGMENTS", 10**6):
-        return texts.dispatch_text(language, client_name=name, address=address, alarm=alarm)
+        return texts.dispatch_text(language, client_name=name, address=address, alarm=alarm, code=CODE)
 
 
 @pytest.mark.parametrize("language", [LV, EN])
 @pytest.mark.parametrize(("name", "address"), REALISTIC)
 def test_a_realistic_dispatch_text_is_whole_and_short(language: Language, name: str, address: str) -> None:
     for alarm in ALARMS:
-        text = texts.dispatch_text(language, client_name=name, address=address, alarm=alarm)
+        text = texts.dispatch_text(language, client_name=name, address=address, alarm=alarm, code=CODE)
         assert fake_twilio.segments(text) <= 2, text
         uncut = _uncut(language, name=name, address=address, alarm=alarm)
         if fake_twilio.segments(uncut) <= 2:
@@ -877,7 +997,7 @@ def test_a_realistic_dispatch_text_is_whole_and_short(language: Language, name: 
 @given(language=languages, name=names, address=addresses, alarm=alarms)
 def test_any_dispatch_text_fits_two_segments_and_says_where_and_how_to_answer(
         language: Language, name: str, address: str, alarm: str) -> None:
-    text = texts.dispatch_text(language, client_name=name, address=address, alarm=alarm)
+    text = texts.dispatch_text(language, client_name=name, address=address, alarm=alarm, code=CODE)
     assert fake_twilio.segments(text) <= texts.MAX_SEGMENTS, (len(text), text)
     assert texts.sms_segments(text) == fake_twilio.segments(text)
     uncut = _uncut(language, name=name, address=address, alarm=alarm)
@@ -894,7 +1014,7 @@ def test_any_dispatch_text_fits_two_segments_and_says_where_and_how_to_answer(
 @given(name=ascii_names, address=ascii_addresses, alarm=alarms)
 def test_an_english_text_for_plain_names_stays_in_the_gsm_alphabet(name: str, address: str, alarm: str) -> None:
     """One character outside GSM-7 (an ellipsis when shortening) would halve the room: 306 → 134."""
-    text = texts.dispatch_text(EN, client_name=name, address=address, alarm=alarm)
+    text = texts.dispatch_text(EN, client_name=name, address=address, alarm=alarm, code=CODE)
     assert fake_twilio.segments(text) <= 2
     assert text.isascii(), text
     if len(name) + len(address) <= 150:
@@ -933,19 +1053,19 @@ def test_medical_notes_are_never_texted_across_a_whole_dispatch(any_centre: Cent
     any_centre.act(case, actions.acknowledge)
     any_centre.start(case)
     any_centre.tick()
-    any_centre.reply(WORKER, "2")  # declined: the neighbour is texted
+    any_centre.answer(WORKER, "2")  # declined: the neighbour is texted
     any_centre.tick(10)
     any_centre.reply(NEIGHBOUR, "kas notiek?")
-    any_centre.reply(NEIGHBOUR, "Jā")
+    any_centre.answer(NEIGHBOUR, "Jā")
     any_centre.act(case, lambda session, incident, user: actions.notify_contact(
         session, incident=incident, user=user, step_id=case.steps[2]))
     any_centre.tick(10)
     for message in any_centre.texts(direction=SmsDirection.OUT):
         if message.provider_sid:
             any_centre.report(message.provider_sid, "delivered")
-    any_centre.reply(NEIGHBOUR, "IERADOS")
+    any_centre.answer(NEIGHBOUR, "IERADOS")
     any_centre.tick(10)
-    any_centre.reply(NEIGHBOUR, "PABEIGTS")
+    any_centre.answer(NEIGHBOUR, "PABEIGTS")
     any_centre.tick(60)
     any_centre.tick(60)  # the last confirmations go out before the operator resolves
     any_centre.act(case, lambda session, incident, user: actions.resolve(

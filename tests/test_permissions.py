@@ -247,7 +247,7 @@ def centre(any_db: Database, tmp_path: Path) -> Centre:
 
 def path_values(centre: Centre, method: str, path: str, caller: str) -> dict[str, Any]:
     values: dict[str, Any] = {"client_id": centre.client_id, "resource_id": centre.resource_id,
-                              "serial": centre.serial}
+                              "serial": centre.serial, "municipality_id": 1}
     if "{incident_id}" in path:
         state = (IncidentStatus.RESOLVED if path.endswith("/reopen") else
                  IncidentStatus.OPEN if path.endswith("/acknowledge") else IncidentStatus.ACKNOWLEDGED)
@@ -268,6 +268,7 @@ def api_request(centre: Centre, method: str, path: str, values: dict[str, Any]) 
     n = centre.n()
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/api/v1/municipalities"): {"name": f"Novads {n}"},
+        ("PATCH", "/api/v1/municipalities/{municipality_id}"): {"social_service": f"Dienests {n}"},
         ("POST", "/api/v1/clients"): {"municipality_id": 1, "full_name": "X", "address": "Y", "care_level": 1},
         ("PATCH", "/api/v1/clients/{client_id}"): {"full_name": "Marta K."},
         ("POST", "/api/v1/clients/{client_id}/contacts"): {"kind": "relative", "name": "Dēls", "phone": "+37120000003"},

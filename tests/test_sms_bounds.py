@@ -234,10 +234,10 @@ def test_a_person_gets_help_once_a_window_and_every_reply_word_confirmed(centre:
     centre.tick(10)
     centre.reply(WORKER, "kas???")  # not understood again, within the window: stored, shown, not answered
     centre.tick(10)
-    centre.reply(WORKER, "Jā")  # a reply word: applied and confirmed
+    centre.answer(WORKER, "Jā")  # a reply word: applied and confirmed
     centre.tick(10)
     assert [m.body for m in automatic_answers(centre, WORKER)] == [
-        texts.help_text(LV), texts.reply_confirmation(LV, texts.Reply.ACCEPT)]
+        texts.help_text(LV), texts.reply_confirmation(LV, texts.Reply.ACCEPT, centre.code(WORKER))]
     assert centre.states(case)[0] == StepState.ACCEPTED
     centre.tick(31 * 60)
     centre.reply(WORKER, "kas notiek?")  # after the window: help again

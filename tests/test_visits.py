@@ -143,7 +143,7 @@ def test_dispatch_accept_sms_arrival_and_device_departure_make_one_linked_visit(
     assert visits(centre) == []
 
     centre.tick(60)
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "1"})
+    centre.reply("op-a", WORKER, "1")
     (visit,) = visits(centre)
     assert (visit.incident_id, visit.step_id, visit.source, visit.status) == (
         incident_id, steps[0]["id"], VisitSource.INCIDENT, VisitStatus.PLANNED)
@@ -153,7 +153,7 @@ def test_dispatch_accept_sms_arrival_and_device_departure_make_one_linked_visit(
 
     centre.tick(600)
     arrived = clock.now()
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "IERADOS"})
+    centre.reply("op-a", WORKER, "IERADOS")
     detail = centre.http.get(f"/api/v1/incidents/{incident_id}", headers=centre.as_("op-a")).json()
     assert detail["carer_on_site_since"] is not None
     assert (detail["carer_on_site_name"], detail["carer_on_site_since"][:19]) == (
@@ -163,7 +163,7 @@ def test_dispatch_accept_sms_arrival_and_device_departure_make_one_linked_visit(
     departed = clock.now()
     device_event(centre, 2, "carer_departed")
     centre.tick(60)
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "PABEIGTS"})  # later, by SMS
+    centre.reply("op-a", WORKER, "PABEIGTS")  # later, by SMS
     (visit,) = visits(centre)
     assert visit.status == VisitStatus.DONE
     assert (visit.arrived_at, visit.arrived_source) == (arrived, TimeSource.SMS)
@@ -196,12 +196,12 @@ def test_the_device_arrival_is_trusted_over_the_sms(centre: Centre) -> None:
     centre.post("op-a", f"/api/v1/incidents/{incident_id}/acknowledge")
     steps = centre.http.get(f"/api/v1/incidents/{incident_id}/steps", headers=centre.as_("op-a")).json()
     centre.post("op-a", f"/api/v1/incidents/{incident_id}/steps/start", {"step_id": steps[0]["id"]})
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "1"})
+    centre.reply("op-a", WORKER, "1")
     centre.tick(300)
     device_arrival = clock.now()
     device_event(centre, 2, "carer_arrived")
     centre.tick(120)
-    centre.post("op-a", "/api/v1/sms/simulate-reply", {"from_number": WORKER, "body": "ARRIVED"})
+    centre.reply("op-a", WORKER, "ARRIVED")
     (visit,) = visits(centre)
     assert (visit.arrived_at, visit.arrived_source, visit.status) == (
         device_arrival, TimeSource.DEVICE, VisitStatus.IN_PROGRESS)

@@ -21,6 +21,7 @@ from alarmcentre.contacts.models import Contact
 from alarmcentre.db import transaction
 from alarmcentre.dispatch import texts
 from alarmcentre.dispatch.models import (
+    ACTIVE_STEP_STATES,
     Channel,
     IncidentStep,
     PlanStep,
@@ -104,8 +105,14 @@ def start_step(session: Session, *, incident: Incident, step: IncidentStep, acto
     step.started_at = now
     if step.channel == Channel.SMS:
         client = client or (session.get(Client, incident.client_id) if incident.client_id else None)
+        # Unique among the number's open dispatches, so the code alone says which one an answer is for.
+        taken = set(session.scalars(select(IncidentStep.reply_code).where(
+            IncidentStep.phone == step.phone, IncidentStep.state.in_(ACTIVE_STEP_STATES),
+            IncidentStep.reply_code.is_not(None))))
+        step.reply_code = texts.new_reply_code(taken)
         body = texts.dispatch_text(step.language, client_name=client.full_name if client else "?",
-                                   address=client.address if client else "?", alarm=incident.kind.value)
+                                   address=client.address if client else "?", alarm=incident.kind.value,
+                                   code=step.reply_code)
         queue_sms(session, to=step.phone, body=body, purpose="dispatch", incident_id=incident.id, step_id=step.id)
         step.state = StepState.WAITING
         add_timer(session, kind=TimerKind.STEP_TIMEOUT, incident_id=incident.id, step_id=step.id,

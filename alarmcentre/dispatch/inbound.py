@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import Row, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock, metrics
@@ -25,6 +26,7 @@ from alarmcentre.dispatch import texts
 from alarmcentre.dispatch.escalation import record_answer
 from alarmcentre.dispatch.models import (
     ACTIVE_STEP_STATES,
+    Channel,
     IncidentStep,
     SharedResource,
     SmsDirection,
@@ -34,7 +36,8 @@ from alarmcentre.dispatch.models import (
 from alarmcentre.dispatch.sms import queue_sms, record_inbound
 from alarmcentre.incidents.models import Incident, IncidentStatus, TimelineKind
 from alarmcentre.incidents.service import append_timeline
-from alarmcentre.phone import normalise_phone
+from alarmcentre.municipalities.models import Municipality
+from alarmcentre.phone import masked, normalise_phone
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ AUTO_REPLY_MARKERS = (
 )
 
 _HELP_TEXTS = sorted({texts.help_text(language) for language in Language})
+
+# A number that sent this many codes matching none of its dispatches has its texted answers no longer applied (the
+# operator sees them and decides): with three-digit codes a forger guessing blind wins 3 times in 900.
+WRONG_CODES_ALLOWED = 3
+APPLIED = ("ok", "plain")
 
 # Which step states a reply can apply to, most fitting first.
 _APPLIES_TO = {
@@ -82,7 +90,7 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
                              provider_sid=provider_sid)
     if message is None:
         return InboundResult(None)
-    reply = texts.interpret_reply(body)
+    reply, code = texts.parse_reply(body)
     message.interpreted_as = reply.value if reply else "unknown"
     candidates = session.execute(
         select(IncidentStep, Incident).join(Incident, Incident.id == IncidentStep.incident_id)
@@ -91,13 +99,16 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
         .order_by(IncidentStep.started_at.desc(), IncidentStep.id.desc())
     ).all()
     step = incident = None
-    if reply is not None:
-        for state in _APPLIES_TO[reply]:
-            match = next(((s, i) for s, i in candidates if s.state == state), None)
-            if match:
-                step, incident = match
-                break
-    if step is None and candidates:
+    binding = Binding(None)
+    if reply is not None and candidates:
+        binding = _bind(session, candidates, reply, code, sender=sender)
+        if binding.check in APPLIED:
+            step, incident = binding.step, binding.incident
+        else:
+            incident = binding.incident
+    if binding.check is not None:
+        message.details = {**(message.details or {}), "reply_code": binding.check}
+    if incident is None and candidates:
         _, incident = candidates[0]  # not understood, or not fitting: still show it on their incident
     late = None
     if not candidates:
@@ -112,16 +123,31 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
         message.incident_id = incident.id
         append_timeline(session, incident, kind=TimelineKind.SMS_REPLY, actor=f"sms:{sender}",
                         details={"body": body[:500], "understood_as": reply.value if reply and step else None,
-                                 "sms_id": message.id, "step_id": step.id if step else None})
+                                 "sms_id": message.id, "step_id": step.id if step else None,
+                                 "code_check": binding.check})
     language = step.language if step else (candidates[0][0].language if candidates else
                                            late[0].language if late else "lv")
     if step is not None and incident is not None and reply is not None:
         message.step_id = step.id
         record_answer(session, incident=incident, step=step, answer=reply, actor=f"sms:{sender}", via="sms")
         if _may_answer(session, message, sender=sender, understood=True):
-            queue_sms(session, to=sender, body=texts.reply_confirmation(language, reply), purpose="reply",
-                      incident_id=incident.id)
+            queue_sms(session, to=sender, body=texts.reply_confirmation(language, reply, step.reply_code or ""),
+                      purpose="reply", incident_id=incident.id)
         return InboundResult(message, reply, step)
+    if binding.check in ("missing", "wrong") and binding.step is not None and binding.step.reply_code:
+        # A reply word without its dispatch's code (or with another): not applied; the number's owner is told how
+        # to send it. The text goes to the number itself, so a forger never sees the code.
+        log.info("inbound SMS %d: %s without the dispatch code (%s): not applied", message.id, reply, binding.check)
+        if _may_answer(session, message, sender=sender, understood=True):
+            assert reply is not None and incident is not None
+            queue_sms(session, to=sender, body=texts.code_missing_text(binding.step.language, reply,
+                                                                     binding.step.reply_code),
+                      purpose="reply", incident_id=incident.id)
+        return InboundResult(message, reply, None)
+    if binding.check == "locked":
+        log.warning("inbound SMS %d: too many wrong dispatch codes from %s: answers by text are no longer applied",
+                    message.id, masked(sender))
+        return InboundResult(message, reply, None)
     if late is not None and incident is not None:
         if _may_answer(session, message, sender=sender, understood=reply is not None):
             queue_sms(session, to=sender, body=texts.late_reply_text(language), purpose="late_reply",
@@ -139,6 +165,57 @@ def handle_inbound(session: Session, *, from_number: str, to_number: str, body: 
               incident_id=incident.id if incident else None)
     log.info("inbound SMS %d not matched to a dispatch (understood as %s)", message.id, message.interpreted_as)
     return InboundResult(message, reply, None)
+
+
+@dataclass
+class Binding:
+    """How a reply word was bound to a dispatch. `check`: "ok" (its code), "plain" (no code, and plain replies
+    count there), "missing" or "wrong" (not applied; `step` is the dispatch it most likely answers), "locked" (too
+    many wrong codes), "not_fitting" (the code's dispatch is in a state the word does not apply to), None (no
+    open dispatch of the number)."""
+
+    check: str | None
+    step: IncidentStep | None = None
+    incident: Incident | None = None
+
+
+def _bind(session: Session, candidates: Sequence[Row[tuple[IncidentStep, Incident]]], reply: texts.Reply,
+          code: str | None, *, sender: str) -> Binding:
+    fitting = [(s, i) for state in _APPLIES_TO[reply] for s, i in candidates if s.state == state]
+    likely = fitting[0] if fitting else tuple(candidates[0])
+    if _wrong_codes(session, sender, candidates) >= WRONG_CODES_ALLOWED:
+        return Binding("locked", *likely)
+    if code is not None:
+        coded = next(((s, i) for s, i in candidates if s.reply_code == code), None)
+        if coded is None:
+            return Binding("wrong", *likely)
+        return Binding("ok" if coded in fitting else "not_fitting", *coded)
+    if not fitting:
+        return Binding("not_fitting", *likely)
+    step, incident = fitting[0]
+    if _plain_replies_count(session, step, incident):
+        return Binding("plain", step, incident)
+    return Binding("missing", step, incident)
+
+
+def _plain_replies_count(session: Session, step: IncidentStep, incident: Incident) -> bool:
+    """A reply without a code applies where the client's municipality opted in, and to a text sent before texts
+    carried codes (its step has none)."""
+    if step.reply_code is None and step.channel == Channel.SMS:
+        return True
+    client = session.get(Client, incident.client_id) if incident.client_id else None
+    municipality = session.get(Municipality, client.municipality_id) if client else None
+    return bool(municipality and municipality.plain_sms_replies)
+
+
+def _wrong_codes(session: Session, sender: str, candidates: Sequence[Row[tuple[IncidentStep, Incident]]]) -> int:
+    """Texts from the number with a code that matched none of its dispatches, since the oldest open one began."""
+    since = min((s.started_at for s, _ in candidates if s.started_at), default=None)
+    if since is None:
+        return 0
+    details = session.scalars(select(SmsMessage.details).where(
+        SmsMessage.from_number == sender, SmsMessage.direction == SmsDirection.IN, SmsMessage.created_at >= since))
+    return sum(1 for d in details if d and d.get("reply_code") == "wrong")
 
 
 def _known_number(session: Session, phone: str) -> bool:

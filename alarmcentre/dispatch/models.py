@@ -97,6 +97,9 @@ class IncidentStep(Base):
     automatic: Mapped[bool]
     instruction: Mapped[str] = mapped_column(String(300), default="")
     state: Mapped[StepState] = mapped_column(str_enum(StepState), default=StepState.PENDING)
+    # The code the step's SMS asks the reply to repeat ("1 482"): it binds an answer to this dispatch, not
+    # to a sender number that can be forged. None for steps that sent no text.
+    reply_code: Mapped[str | None] = mapped_column(String(8))
     started_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     arrived_at: Mapped[datetime | None]

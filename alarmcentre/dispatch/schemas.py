@@ -97,6 +97,8 @@ class IncidentStepOut(BaseModel):
     automatic: bool
     instruction: str
     state: StepState
+    reply_code: str | None = Field(None, description="the code a texted answer must repeat (`1 482`); null when no "
+                                   "text asked for an answer")
     started_at: datetime | None
     answered_at: datetime | None
     arrived_at: datetime | None

@@ -6,6 +6,8 @@ happened and how to answer; never a door code, key-safe code or medical detail.
 
 from __future__ import annotations
 
+import re
+import secrets
 import unicodedata
 from enum import StrEnum
 
@@ -44,16 +46,25 @@ def _lang(language: Language | str) -> Language:
     return Language.LV if language == Language.LV else Language.EN
 
 
-def dispatch_text(language: Language | str, *, client_name: str, address: str, alarm: str) -> str:
-    """Asks the contact to go to the client; answered with 1 or 2."""
+def new_reply_code(taken: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """Three digits (100-999) for a dispatch text's answers, none of `taken` (the number's other open
+    dispatches). Digits only: the quickest to type on a basic phone's keypad."""
+    while True:
+        code = str(100 + secrets.randbelow(900))
+        if code not in taken:
+            return code
+
+
+def dispatch_text(language: Language | str, *, client_name: str, address: str, alarm: str, code: str) -> str:
+    """Asks the contact to go to the client; answered with 1 or 2 and the code."""
     lang = _lang(language)
     what = ALARM_WHAT[lang].get(alarm, ALARM_WHAT[lang]["button_press"])
     if lang == Language.LV:
-        template = "Trauksme: {name}, {address} - {what}. Atbildiet 1 - pieņemu, 2 - nevaru."
+        template = "Trauksme: {name}, {address} - {what}. Atbildiet 1 {code} - pieņemu, 2 {code} - nevaru."
     else:
         # Plain ASCII punctuation: one non-GSM character (an en dash) would halve the space.
-        template = "Alarm: {name}, {address} - {what}. Please help. Reply 1 = accept, 2 = can't."
-    return _fit(template, name=client_name, address=address, what=what)
+        template = "Alarm: {name}, {address} - {what}. Please help. Reply 1 {code} = accept, 2 {code} = can't."
+    return _fit(template.replace("{code}", code), name=client_name, address=address, what=what)
 
 
 def inform_text(language: Language | str, *, client_name: str, alarm: str) -> str:
@@ -89,21 +100,43 @@ _REPLIES = {
 }
 
 
-def interpret_reply(body: str) -> Reply | None:
-    """'1', 'Jā', 'jā!', ' YES ', 'Ierados' → the reply; anything else → None."""
+_CODE = re.compile(r"^(?:(?P<word>[A-Z]+|[1-4])?(?P<code>[1-9][0-9]{2}))$")
+
+
+def parse_reply(body: str) -> tuple[Reply | None, str | None]:
+    """A reply word and the dispatch code given with it, either of them None when absent.
+
+    '1 482', '482 1', '1482', 'Jā 482', 'ierados482' → (the reply, '482'); '1', 'Jā!' → (the reply, None);
+    anything else → (None, the code if one was given)."""
     folded = unicodedata.normalize("NFKD", body).encode("ascii", "ignore").decode().upper()
-    words = " ".join("".join(ch if ch.isalnum() else " " for ch in folded).split())
+    words = "".join(ch if ch.isalnum() else " " for ch in folded).split()
+    code = None
+    for index, word in enumerate(words):
+        match = _CODE.match(word)
+        glued = match["word"] if match else None  # "1482", "jā482": the word typed without the space
+        if match and (glued is None or len(words) == 1 or (index == len(words) - 1 and not glued.isdigit())):
+            code = match["code"]
+            words[index:index + 1] = [match["word"]] if match["word"] else []
+            break
+    phrase = " ".join(words)
     for reply, spellings in _REPLIES.items():
-        if words in spellings:
-            return reply
-    return None
+        if phrase in spellings:
+            return reply, code
+    return None, code
 
 
-def reply_confirmation(language: Language | str, reply: Reply) -> str:
+def interpret_reply(body: str) -> Reply | None:
+    """'1', 'Jā', 'jā!', ' YES ', 'Ierados', '1 482' → the reply; anything else → None."""
+    return parse_reply(body)[0]
+
+
+def reply_confirmation(language: Language | str, reply: Reply, code: str = "") -> str:
+    """The answer to an applied reply; the next answers it asks for carry the same code."""
     lv = _lang(language) == Language.LV
+    tail = f" {code}" if code else ""
     return {
-        Reply.ACCEPT: "Paldies! Kad esat klāt, atbildiet IERADOS, pēc tam PABEIGTS." if lv
-        else "Thank you! Reply ARRIVED when you are there, then DONE.",
+        Reply.ACCEPT: f"Paldies! Kad esat klāt, atbildiet IERADOS{tail}, pēc tam PABEIGTS{tail}." if lv
+        else f"Thank you! Reply ARRIVED{tail} when you are there, then DONE{tail}.",
         Reply.DECLINE: "Paldies, sazināsimies ar nākamo." if lv else "Thank you, we will contact the next person.",
         Reply.ARRIVED: "Paldies, atzīmēts: esat klāt." if lv else "Thank you, noted: you are there.",
         Reply.DONE: "Paldies, vizīte pabeigta." if lv else "Thank you, visit done.",
@@ -124,10 +157,19 @@ def late_reply_text(language: Language | str) -> str:
     return "Thank you for answering! The alarm has already been dealt with; help is no longer needed."
 
 
+def code_missing_text(language: Language | str, reply: Reply, code: str) -> str:
+    """To a reply word sent without the dispatch's code (or with another): how to send it so it counts."""
+    word = {Reply.ACCEPT: "1", Reply.DECLINE: "2", Reply.ARRIVED: "ARRIVED", Reply.DONE: "DONE"}[reply]
+    if _lang(language) == Language.LV:
+        word = {Reply.ARRIVED: "IERADOS", Reply.DONE: "PABEIGTS"}.get(reply, word)
+        return f"Atbilde vēl nav pieņemta. Lūdzu, atbildiet ar kodu: {word} {code}"
+    return f"Your answer is not yet taken. Please reply with the code: {word} {code}"
+
+
 def help_text(language: Language | str) -> str:
     if _lang(language) == Language.LV:
-        return "Neizpratām. Atbildiet: 1 - pieņemu, 2 - nevaru, IERADOS, PABEIGTS."
-    return "Not understood. Reply: 1 accept, 2 can't, ARRIVED, DONE."
+        return "Neizpratām. Atbildiet ar kodu no trauksmes īsziņas: 1 - pieņemu, 2 - nevaru, IERADOS, PABEIGTS."
+    return "Not understood. Reply with the code from the alarm text: 1 accept, 2 can't, ARRIVED, DONE."
 
 
 def _fit(template: str, *, name: str, address: str, what: str) -> str:

@@ -1,4 +1,4 @@
-"""Municipalities: read for all staff, created by admins."""
+"""Municipalities: read for all staff, created and changed by admins."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from sqlalchemy import select
 
 from alarmcentre.api_deps import STAFF, SessionDep, require_roles
 from alarmcentre.municipalities.models import Municipality
-from alarmcentre.schemas import InputModel
+from alarmcentre.schemas import Id, InputModel
 from alarmcentre.users.models import Role, User
 
 router = APIRouter(prefix="/api/v1/municipalities", tags=["municipalities"])
+
+
+PLAIN_REPLIES = ("texted answers without the dispatch code (`1` instead of `1 482`) count for this municipality's "
+                 "clients; off by default, since a sender number can be forged (docs/dispatch.md)")
 
 
 class MunicipalityIn(InputModel):
@@ -21,6 +25,15 @@ class MunicipalityIn(InputModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     social_service: Annotated[str, Field(max_length=200)] = ""
     phone: Annotated[str, Field(max_length=32)] | None = None
+    plain_sms_replies: bool = Field(False, description=PLAIN_REPLIES)
+
+
+class MunicipalityPatch(InputModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    social_service: Annotated[str, Field(max_length=200)] | None = None
+    phone: Annotated[str, Field(max_length=32)] | None = None
+    plain_sms_replies: bool | None = Field(None, description=PLAIN_REPLIES)
 
 
 class MunicipalityOut(MunicipalityIn):
@@ -41,5 +54,25 @@ def create_municipality(
         raise HTTPException(status.HTTP_409_CONFLICT, detail="a municipality of that name exists")
     row = Municipality(**body.model_dump())
     session.add(row)
+    session.flush()
+    return row
+
+
+@router.patch("/{municipality_id}", response_model=MunicipalityOut)
+def change_municipality(
+    municipality_id: Id, body: MunicipalityPatch, session: SessionDep,
+    _u: Annotated[User, Depends(require_roles(Role.ADMIN))],
+) -> Municipality:
+    row = session.get(Municipality, municipality_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such municipality")
+    # Only the phone can be cleared (null); a null for the others leaves them as they are.
+    changes = {field: value for field, value in body.model_dump(exclude_unset=True).items()
+               if value is not None or field == "phone"}
+    if "name" in changes and session.scalar(select(Municipality).where(
+            Municipality.name == changes["name"], Municipality.id != municipality_id)) is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="a municipality of that name exists")
+    for field, value in changes.items():
+        setattr(row, field, value)
     session.flush()
     return row

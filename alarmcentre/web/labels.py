@@ -30,6 +30,12 @@ LABELS: dict[str, str] = {
     "step_timeout": N_("No answer in time"),
     "step_failed": N_("SMS not delivered"),
     "sms_reply": N_("SMS reply"),
+    # how a texted answer was bound to its dispatch (the code the dispatch text asks for)
+    "code_missing": N_("not applied: the code from the text is missing"),
+    "code_wrong": N_("not applied: wrong code"),
+    "code_locked": N_("not applied: too many wrong codes, decide by phone"),
+    "code_plain": N_("taken without the code"),
+    "code_not_fitting": N_("not applied: does not fit the step's state"),
     "emergency_called": N_("Emergency services called"),
     "handover": N_("Handed over"),
     "note": N_("Note"),

@@ -504,7 +504,8 @@ def test_screenshots_of_a_busy_queue_and_an_incident(stack: Stack, open_browser:
     call.locator("input[name=notes]").fill("Nokritusi virtuvē, nevar piecelties")
     call.locator("button").click()
     step, phone = text_the_first_contact(page, stack, ids[0])
-    reply_by_sms(page, phone, "Jā")
+    code = step.get_by_test_id("step-code").inner_text().split()[-1]  # "kods 596": shown for a caller asking
+    reply_by_sms(page, phone, f"Jā {code}")
     expect(step).to_have_attribute("data-state", "accepted")
     page.get_by_test_id("note-text").fill("Meita brauc, būs pēc 15 min")
     page.get_by_test_id("note-text").press("Enter")

@@ -14,6 +14,10 @@ MESSAGES_REJECTED = Counter(
 MESSAGES_DUPLICATE = Counter(
     "alarmcentre_ingest_duplicates_total", "Redelivered messages dropped by (device, seq)"
 )
+MESSAGES_DEFERRED = Counter(
+    "alarmcentre_ingest_deferred_total",
+    "Messages of a device past its budget, set aside in deferred_messages (applied later, nothing lost)")
+DEFERRED_APPLIED = Counter("alarmcentre_ingest_deferred_applied_total", "Set-aside messages applied since")
 CLOCK_SKEWED_ALARMS = Counter(
     "alarmcentre_ingest_clock_skewed_alarms_total", "Alarms accepted despite a device clock running ahead"
 )

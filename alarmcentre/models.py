@@ -15,6 +15,7 @@ from alarmcentre.devices.models import (
 )
 from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage, Timer
 from alarmcentre.incidents.models import Incident, TimelineEntry
+from alarmcentre.ingest.deferral import DeferredMessage
 from alarmcentre.ingest.sessions import IngestSession
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.tasks.models import OperatorTask
@@ -26,7 +27,8 @@ from alarmcentre.workorders.models import WorkOrder, WorkOrderNote
 
 __all__ = [
     "AccessReveal", "ApiToken", "BatteryReading", "CanaryBeat", "Client", "ClientAccess", "Contact", "DeadLetter",
-    "Device", "DeviceAssignment", "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker", "Incident", "IncidentStep",
-    "IngestSession", "IntegrationKey", "LoginThrottle", "Municipality", "OperatorTask", "PlanStep", "SharedResource",
-    "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "Visit", "VoiceCall", "WorkOrder", "WorkOrderNote",
+    "DeferredMessage", "Device", "DeviceAssignment", "DeviceConfigVersion", "DeviceEvent", "HomeCareWorker",
+    "Incident", "IncidentStep", "IngestSession", "IntegrationKey", "LoginThrottle", "Municipality", "OperatorTask",
+    "PlanStep", "SharedResource", "SignalReading", "SmsMessage", "TimelineEntry", "Timer", "User", "Visit",
+    "VoiceCall", "WorkOrder", "WorkOrderNote",
 ]

@@ -154,7 +154,8 @@ def test_a_night_of_work_logs_no_personal_data(
     post(f"/api/v1/incidents/{incident_id}/steps/start", {"step_id": steps[0]["id"]})
     moment.advance(1)
     outbox.send_due()
-    post("/api/v1/sms/simulate-reply", {"from_number": HELPER_PHONE, "body": "1"})
+    code = http.get(f"/api/v1/incidents/{incident_id}/steps", headers=auth).json()[0]["reply_code"]
+    post("/api/v1/sms/simulate-reply", {"from_number": HELPER_PHONE, "body": f"1 {code}"})
     post("/api/v1/sms/simulate-reply", {"from_number": HELPER_PHONE, "body": REPLY})
     post("/api/v1/sms/simulate-reply", {"from_number": "+37120009999", "body": REPLY})  # nobody's dispatch
     moment.advance(1)

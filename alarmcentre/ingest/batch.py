@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from alarmcentre import clock
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.devices.models import BatteryReading, Device, DeviceEvent, DeviceStatus, SignalReading
+from alarmcentre.ingest.deferral import DeviceBudget, deferring, set_aside, take_round
 from alarmcentre.ingest.processor import (
     RSSI_HISTORY_STEP,
     InboundMessage,
@@ -77,8 +78,10 @@ _STATE_COLUMNS = ("online", "online_changed_at", "connected_at", "last_seen_at",
 
 
 def process_batch(session: Session, messages: Sequence[InboundMessage], *,
-                  settings: Settings | None = None) -> list[Result]:
-    """Record the effect of `messages` in `session` (not committed here); one Result per message, in order."""
+                  settings: Settings | None = None, budget: DeviceBudget | None = None) -> list[Result]:
+    """Record the effect of `messages` in `session` (not committed here); one Result per message, in order.
+
+    With a `budget`, the messages of a device past it are set aside (ingest/deferral.py), not applied."""
     settings = settings or get_settings()
     results: list[Result | None] = [None] * len(messages)
     valid: list[tuple[int, ParsedEvent | ParsedStatus]] = []
@@ -89,6 +92,8 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
                                          device_serial=parsed.device_id)
         else:
             valid.append((index, parsed))
+    if budget is not None and valid:
+        valid = _set_aside_past_budget(session, messages, valid, results, budget)
     # A device with anything for the domain in this batch keeps all its messages in arrival order, one
     # by one: its "offline" status after its button press must leave it offline.
     needs_domain = {parsed.device_id for _, parsed in valid if not _state_only(parsed)}
@@ -118,6 +123,39 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
         results[index] = process_parsed(session, message=messages[index], parsed=parsed, settings=settings)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def apply_deferred_round(session: Session, *, settings: Settings | None = None) -> list[Result]:
+    """Apply one round of set-aside messages (the oldest of each device first) as one batch; their results."""
+    rows = take_round(session)
+    if not rows:
+        return []
+    return process_batch(session, [InboundMessage(topic=row.topic, payload=row.payload, received_at=row.received_at)
+                                   for row in rows], settings=settings)
+
+
+def _set_aside_past_budget(session: Session, messages: Sequence[InboundMessage],
+                           valid: list[tuple[int, ParsedEvent | ParsedStatus]], results: list[Result | None],
+                           budget: DeviceBudget) -> list[tuple[int, ParsedEvent | ParsedStatus]]:
+    """Set aside the messages of devices past their budget, and of devices with messages set aside already (their
+    order holds); the rest, to apply now."""
+    behind = deferring(session, {parsed.device_id for _, parsed in valid}) if budget.maybe_set_aside else set()
+    now: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    aside: list[dict[str, object]] = []
+    for index, parsed in valid:
+        if parsed.device_id not in behind and budget.take(parsed.device_id):
+            now.append((index, parsed))
+            continue
+        behind.add(parsed.device_id)  # the rest of this batch of the device waits behind this one
+        message = messages[index]
+        aside.append({"device_serial": parsed.device_id, "topic": message.topic, "payload": message.payload,
+                      "received_at": message.received_at})
+        kind = str(parsed.type) if isinstance(parsed, ParsedEvent) else "status"
+        results[index] = Result(Outcome.DEFERRED, kind)
+    if aside:
+        set_aside(session, aside)
+        budget.noted_set_aside()  # before the commit: a drain running now must not conclude the table is empty
+    return now
 
 
 def _state_only(parsed: ParsedEvent | ParsedStatus) -> bool:
@@ -316,4 +354,4 @@ def _newer(candidate: datetime, current: datetime | None) -> bool:
     return current is None or candidate >= current
 
 
-__all__ = ["STATE_ONLY_TYPES", "process_batch"]
+__all__ = ["STATE_ONLY_TYPES", "apply_deferred_round", "process_batch"]

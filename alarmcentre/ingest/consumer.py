@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -36,7 +36,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import clock, metrics
 from alarmcentre.config import Settings, get_settings
 from alarmcentre.db import error_reason, transaction
-from alarmcentre.ingest.batch import process_batch
+from alarmcentre.ingest.batch import apply_deferred_round, process_batch
+from alarmcentre.ingest.deferral import DeviceBudget
 from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
 from alarmcentre.ingest.protocol import ALARMS_SUBSCRIPTION, EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION
 from alarmcentre.ingest.sessions import ALIVE_EVERY_S, record_alive, record_connect
@@ -52,6 +53,8 @@ QUEUE_BATCHES = 2
 BULK_SUBSCRIPTIONS = (EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION)
 ALARM_SUBSCRIPTIONS = (ALARMS_SUBSCRIPTION,)
 DATABASE_RETRY_MAX_S = 3.0
+# A busy bulk lane applies a round of set-aside messages at least this often (each round is small).
+DRAIN_EVERY_S = 1.0
 # Alarms come one by one; a small batch bounds what one slow commit holds back.
 ALARM_BATCH_MAX = 50
 
@@ -111,6 +114,7 @@ class Lane:
     _on_committed: Callable[[list[Result]], None] | None
     database_ok: bool
     last_commit_at: float | None
+    _budget: DeviceBudget | None = None  # per-device budget: messages past it are set aside (ingest/deferral.py)
 
     def _note_alive(self) -> None:
         """Tell device supervision that the centre is listening (ingest/sessions.py)."""
@@ -126,7 +130,8 @@ class Lane:
         while True:
             try:
                 with transaction(self._factory, writes=True) as session:
-                    results = process_batch(session, [item.message for item in batch], settings=self._settings)
+                    results = process_batch(session, [item.message for item in batch], settings=self._settings,
+                                            budget=self._budget)
                 if not self.database_ok:
                     log.warning("ingest: database is back; committed %d held messages", len(batch))
                 self.database_ok = True
@@ -149,6 +154,7 @@ class Lane:
         metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
         _update_gauges()
         accepted: Counter[str] = Counter()
+        deferred = 0
         for item, result in zip(batch, results, strict=True):
             metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
             if result.outcome is Outcome.ACCEPTED:
@@ -160,11 +166,18 @@ class Lane:
                     log.info("ingest: incident %d opened (%s)", result.incident_opened, result.kind)
             elif result.outcome is Outcome.DUPLICATE:
                 metrics.MESSAGES_DUPLICATE.inc()
+            elif result.outcome is Outcome.DEFERRED:
+                deferred += 1
             else:
                 metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
                 log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
         for kind, count in accepted.items():  # one update per kind, not per message: most are heartbeats
             metrics.MESSAGES_ACCEPTED.labels(kind).inc(count)
+        if deferred:  # counted and logged per batch: a flood must not flood the log too
+            metrics.MESSAGES_DEFERRED.inc(deferred)
+            if self._budget is not None:
+                self._budget.noted_set_aside()  # again after the commit: a drain that looked meanwhile looks again
+            log.warning("ingest: %d messages of devices past their budget set aside, applied later", deferred)
         if self._on_committed is not None:
             try:
                 self._on_committed(results)
@@ -227,8 +240,14 @@ class IngestConsumer(Lane):
         settings: Settings | None = None,
         alarms_first: AlarmsFirst | None = None,
         carries_alarms: bool = False,
+        budget: DeviceBudget | None = None,
+        drains_deferred: bool = False,
     ) -> None:
         self._settings = settings or get_settings()
+        self._budget = budget
+        # This lane applies the set-aside messages when it has time (one lane per ingest does: the bulk lane).
+        self._drains_deferred = drains_deferred and budget is not None
+        self._drained_at = 0.0
         # Shared by the lanes of one Ingest: the alarm lane (carries_alarms) reports what it holds,
         # the bulk lane waits for it before each batch.
         self._alarms_first = alarms_first
@@ -418,6 +437,7 @@ class IngestConsumer(Lane):
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
+                self._drain_deferred()
                 continue
             self._in_hand_since, self._in_hand = first.at, 1
             batch = [first]
@@ -437,6 +457,33 @@ class IngestConsumer(Lane):
                 self._alarms_first.done(len(batch))
             self._in_hand_since, self._in_hand = None, 0
             self._record(batch, results)
+            if time.monotonic() - self._drained_at >= DRAIN_EVERY_S:  # busy: still a round now and then
+                self._drain_deferred()
+
+    def _drain_deferred(self) -> None:
+        """Apply one round of set-aside messages, if this lane drains and there may be some."""
+        budget = self._budget
+        if not self._drains_deferred or budget is None or not budget.maybe_set_aside or self._stop.is_set():
+            return
+        self._drained_at = time.monotonic()
+        if self._alarms_first is not None:
+            self._alarms_first.wait_for_alarms()
+        count_before = budget.set_aside_count
+        try:
+            with transaction(self._factory, writes=True) as session:
+                results = apply_deferred_round(session, settings=self._settings)
+        except DBAPIError as exc:  # the batches report the database; the rows wait for the next round
+            log.warning("ingest: could not apply set-aside messages: %s", error_reason(exc))
+            return
+        if not results:
+            budget.found_none_set_aside(count_before)
+            return
+        metrics.DEFERRED_APPLIED.inc(len(results))
+        if self._on_committed is not None:
+            try:
+                self._on_committed(results)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("ingest: on_committed listener failed")
 
     def _acknowledge(self, batch: list[_Received]) -> None:
         generation = self._generation
@@ -456,13 +503,16 @@ class Ingest:
 
     def __init__(self, *, mqtt_url: str, session_factory: sessionmaker[Session], client_id: str = "alarmcentre-ingest",
                  batch_max: int = 500, on_committed: Callable[[list[Result]], None] | None = None,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, budget: DeviceBudget | Literal[False] | None = None) -> None:
+        """`budget`: the devices' budget (None: the default one; False: none, every message applied at once)."""
+        # One budget for both lanes: a device flooding either is set aside (ingest/deferral.py).
         common: dict[str, Any] = {"mqtt_url": mqtt_url, "session_factory": session_factory,
-                                  "on_committed": on_committed, "settings": settings, "alarms_first": AlarmsFirst()}
+                                  "on_committed": on_committed, "settings": settings, "alarms_first": AlarmsFirst(),
+                                  "budget": DeviceBudget() if budget is None else budget or None}
         self.alarms = IngestConsumer(client_id=f"{client_id}-alarms", subscriptions=ALARM_SUBSCRIPTIONS,
                                      batch_max=min(batch_max, ALARM_BATCH_MAX), carries_alarms=True, **common)
         self.bulk = IngestConsumer(client_id=client_id, subscriptions=BULK_SUBSCRIPTIONS, batch_max=batch_max,
-                                   **common)
+                                   drains_deferred=True, **common)
         self.lanes = (self.alarms, self.bulk)
         self.endpoint = self.bulk.endpoint
 

@@ -55,6 +55,7 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    DEFERRED = "deferred"  # past its device's budget: stored as it came, applied later (ingest/deferral.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,14 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
             valid.append((index, parsed))
     if budget is not None and valid:
         valid = _set_aside_past_budget(session, messages, valid, results, budget)
-    # A device with anything for the domain in this batch keeps all its messages in arrival order, one
-    # by one: its "offline" status after its button press must leave it offline.
-    needs_domain = {parsed.device_id for _, parsed in valid if not _state_only(parsed)}
+    # A device with anything for the domain in this batch keeps its messages from the first of those on in
+    # arrival order, one by one: its "offline" status after its button press must leave it offline. What it sent
+    # before that goes with the set, which is applied first.
+    first_domain: dict[str, int] = {}
+    for index, parsed in valid:
+        if not _state_only(parsed):
+            first_domain.setdefault(parsed.device_id, index)
+    needs_domain = set(first_domain)
     if needs_domain and session.get_bind().dialect.name == "postgresql":
         # Several ingest workers: take every device of the batch in one order (id) before anything else,
         # so that two batches sharing devices wait for each other instead of deadlocking.
@@ -106,7 +111,8 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
     set_based: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     one_by_one: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     for index, parsed in valid:
-        (one_by_one if parsed.device_id in needs_domain else set_based).append((index, parsed))
+        from_here = first_domain.get(parsed.device_id)
+        (set_based if from_here is None or index < from_here else one_by_one).append((index, parsed))
 
     if set_based:
         try:

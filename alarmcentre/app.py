@@ -30,6 +30,7 @@ from alarmcentre.users.views import router as auth_router
 from alarmcentre.users.views import throttles as throttles_router
 from alarmcentre.visits.views import integration_router
 from alarmcentre.visits.views import router as visits_router
+from alarmcentre.voice.views import api as voice_api_router
 from alarmcentre.voice.views import router as voice_router
 from alarmcentre.workorders.views import router as workorders_router
 
@@ -70,7 +71,8 @@ def create_app(
 
     for router in (auth_router, throttles_router, municipalities_router, clients_router, contacts_router,
                    devices_router, incidents_router, deadletters_router, dispatch_router, tasks_router,
-                   workorders_router, visits_router, integration_router, voice_router, reports_router):
+                   workorders_router, visits_router, integration_router, voice_router, voice_api_router,
+                   reports_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -50,6 +50,8 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Mu
                                          full_name=username.capitalize())
                 if role == Role.SUPERVISOR:  # texted (into the outbox) when an alarm waits too long
                     user.phone, user.on_call = "+37129000000", True
+                elif role == Role.OPERATOR:  # the desk phone the centre rings to answer a call (the outbox's line)
+                    user.phone = "+37129000001"
         municipality = session.scalar(select(Municipality).where(Municipality.name == "Rīgas valstspilsēta"))
         if municipality is None:
             municipality = Municipality(name="Rīgas valstspilsēta", social_service="Rīgas Sociālais dienests",

@@ -296,6 +296,7 @@ def api_request(centre: Centre, method: str, path: str, values: dict[str, Any]) 
         ("POST", "/api/v1/incidents/{incident_id}/steps/{step_id}/answer"): {"answer": "accepted"},
         ("POST", "/api/v1/incidents/{incident_id}/reopen"): {"reason": "pressed again"},
         ("POST", "/api/v1/sms/simulate-reply"): {"from_number": "+37120000001", "body": "1"},
+        ("POST", "/api/v1/voice/simulate-call"): {"from_number": "+37120000001"},
         ("POST", "/api/v1/tasks/{task_id}/complete"): {"outcome": "reached"},
         ("POST", "/api/v1/integration/batch"): {"workers": [], "visits": []},
     }
@@ -325,6 +326,7 @@ def dashboard_form(centre: Centre, path: str) -> dict[str, str]:
         "/ui/incidents/{incident_id}/reopen": {"reason": "pressed again"},
         "/ui/clients/{client_id}": {"full_name": "Marta Kalniņa", "address": "Testa iela 1"},
         "/ui/sms/simulate-reply": {"from_number": "+37120000001", "body": "1"},
+        "/ui/voice/simulate-call": {"from_number": "+37120000001"},
         "/ui/devices/{serial}/assign": {"client_id": str(centre.client_id)},
         "/ui/devices/{serial}/swap": {"replacement": centre.device(installed=False), "reason": "faulty"},
         "/ui/devices/{serial}/status": {"status": DeviceStatus.IN_REPAIR.value},

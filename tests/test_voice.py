@@ -41,7 +41,7 @@ from alarmcentre.voice.models import CallPurpose, VoiceCall
 from alarmcentre.voice.provider import build_voice
 from tests.factories import make_client, make_device, message
 from tests.fake_twilio import Callback, FakeTwilio
-from tests.test_dashboard import PASSWORD_HASH, Browser
+from tests.test_dashboard import PASSWORD, PASSWORD_HASH, Browser
 
 ACCOUNT_SID = "AC" + "0ce1ca11" * 4
 AUTH_TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -432,6 +432,54 @@ def test_without_twilio_the_voice_webhooks_are_off_and_calls_are_only_recorded(a
         assert leg.call_sid is not None and leg.call_sid.startswith("outbox-")
         placed = session.scalars(select(TimelineEntry).where(TimelineEntry.kind == TimelineKind.CALL_PLACED)).all()
         assert [e.details["provider"] for e in placed] == ["outbox"]
+
+
+def test_without_twilio_a_simulated_call_arrives_is_answered_and_ends_on_the_timeline(any_db: Database,
+                                                                                       tmp_path: Path) -> None:
+    """The outbox's pretend line: what testers and the demo see without a telephone line."""
+    settings = Settings(data_dir=tmp_path, public_url=PUBLIC_URL)
+    with transaction(any_db.sessions) as session:
+        client = make_client(session)
+        client.phone = CLIENT_PHONE
+        session.add(User(username="op", full_name="Op", password_hash=PASSWORD_HASH, role=Role.OPERATOR,
+                         phone=OPERATOR_PHONE))
+    app = create_app(settings=settings, session_factory=any_db.sessions)
+    operator = Browser(app)
+    assert operator.login("op").status_code == 303  # type: ignore[attr-defined]
+    assert operator.post("/ui/voice/simulate-call", {"from_number": "12345"}).status_code == 422  # type: ignore[attr-defined]
+    made = operator.post("/ui/voice/simulate-call", {"from_number": CLIENT_PHONE})
+    assert made.status_code == 303, made.text  # type: ignore[attr-defined]
+    page = made.headers["location"]  # type: ignore[attr-defined]
+    incident_id = int(page.rsplit("/", 1)[1])
+    shown = operator.http.get(page)
+    assert shown.status_code == 200 and 'data-testid="voice-answer"' in shown.text, "the caller waits to be answered"
+    answered = operator.post(f"/ui/incidents/{incident_id}/voice/answer")
+    assert answered.status_code == 303, answered.text  # type: ignore[attr-defined]
+    with any_db.sessions() as session:
+        incident = session.get_one(Incident, incident_id)
+        assert (incident.kind, incident.status, incident.client_id) == (
+            IncidentKind.VOICE_CALL, IncidentStatus.ACKNOWLEDGED, client.id)
+        assert incident.spoken_at is not None, "the answer time is taken as for a real call"
+        kinds = [e.kind for e in session.scalars(select(TimelineEntry).where(TimelineEntry.incident_id == incident_id)
+                                                 .order_by(TimelineEntry.id))]
+        (caller,) = session.scalars(select(VoiceCall).where(VoiceCall.purpose == CallPurpose.INCOMING)).all()
+    calls = [k for k in kinds if k.value.startswith("call_")]
+    assert calls == [TimelineKind.CALL_INCOMING, TimelineKind.CALL_CONNECTED, TimelineKind.CALL_ENDED], kinds
+    assert caller.status == "completed" and caller.call_sid is not None and caller.call_sid.startswith("outbox-")
+    # The API does the same for scripts; with Twilio configured, both are off.
+    with TestClient(app) as http:
+        token = http.post("/api/v1/auth/token", data={"username": "op", "password": PASSWORD}).json()["access_token"]
+        response = http.post("/api/v1/voice/simulate-call", json={"from_number": "+37120000777"},
+                             headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "ringing" and response.json()["incident_id"] != incident_id
+
+
+def test_simulated_calls_are_refused_when_twilio_is_configured(line: Line) -> None:
+    response = line.http.post("/api/v1/voice/simulate-call", json={"from_number": CLIENT_PHONE},
+                              headers=_bearer(line))
+    assert response.status_code == 409, response.text
+    assert line.count(VoiceCall) == 0
 
 
 def _bearer(line: Line) -> dict[str, str]:

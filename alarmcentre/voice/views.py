@@ -1,16 +1,21 @@
-"""Twilio's voice webhooks (signed by Twilio, like the SMS ones): not part of the API schema."""
+"""Twilio's voice webhooks (signed by Twilio, like the SMS ones): not part of the API schema; and the outbox's
+pretend line for testers (`api`, in the schema)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from alarmcentre.api_deps import SessionDep
 from alarmcentre.db import transaction
+from alarmcentre.dispatch.views import Operator
 from alarmcentre.dispatch.views import _verified_form as verified_form
-from alarmcentre.voice import dispatch, service
+from alarmcentre.schemas import InputModel, Phone
+from alarmcentre.voice import dispatch, service, simulated
 from alarmcentre.voice.provider import VoiceProvider, build_voice
 
 router = APIRouter(include_in_schema=False)
@@ -114,3 +119,33 @@ async def key_pressed(request: Request) -> Response:
             session, call_id=call_id, call_sid=form.get("CallSid", ""), digits=form.get("Digits", ""),
             base=base)) or twiml
     return Response(twiml, media_type=XML)
+
+
+# -- the outbox's pretend line (in the API schema; off with Twilio) ---------------------------
+
+api = APIRouter(tags=["voice"])
+
+
+class SimulatedCallIn(InputModel):
+    model_config = ConfigDict(extra="forbid")
+    from_number: Phone
+
+
+class SimulatedCallOut(BaseModel):
+    call_id: int
+    incident_id: int | None
+    from_number: str
+    status: str
+
+
+@api.post("/api/v1/voice/simulate-call", response_model=SimulatedCallOut, status_code=status.HTTP_201_CREATED)
+def simulate_call(_u: Operator, body: SimulatedCallIn, request: Request, session: SessionDep) -> SimulatedCallOut:
+    """For testers and the demo: a call to the centre from a phone, as if the network brought it. Outbox only;
+    answering it on the dashboard then connects at once (docs/voice.md)."""
+    settings = request.app.state.settings
+    if settings.twilio_configured:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="real calls are configured: call from a phone")
+    call = simulated.simulate_incoming(session, settings=settings, base=public_base(request),
+                                       from_number=body.from_number)
+    return SimulatedCallOut(call_id=call.id, incident_id=call.incident_id, from_number=call.from_number,
+                            status=call.status)

@@ -30,6 +30,7 @@ from alarmcentre.tasks.models import OperatorTask, TaskStatus
 from alarmcentre.users.models import Role, User
 from alarmcentre.visits import service as visits
 from alarmcentre.voice import service as voice
+from alarmcentre.voice import simulated
 from alarmcentre.voice.models import CallPurpose, VoiceCall
 from alarmcentre.voice.views import public_base, voice_provider
 from alarmcentre.web.auth import check_csrf, roles
@@ -297,8 +298,12 @@ def call(request: Request, session: SessionDep, user: Operator, incident_id: int
 @router.post("/ui/incidents/{incident_id}/voice/answer", dependencies=[Csrf])
 def answer_call(request: Request, session: SessionDep, user: Operator, incident_id: int) -> Response:
     provider, base = voice_provider(request), public_base(request)
-    return _act(request, session, user, incident_id,
-                lambda i: voice.answer(session, provider=provider, base=base, incident=i, user=user))
+
+    def do(incident: Incident) -> None:
+        leg = voice.answer(session, provider=provider, base=base, incident=incident, user=user)
+        if provider.name == "outbox":  # no telephone network: the pretend line connects at once
+            simulated.answered_on_the_outbox(session, leg)
+    return _act(request, session, user, incident_id, do)
 
 
 @router.post("/ui/incidents/{incident_id}/voice/call", dependencies=[Csrf])

@@ -23,6 +23,8 @@ from alarmcentre.dispatch.sms import OUTBOX_NUMBER
 from alarmcentre.incidents.models import Incident
 from alarmcentre.schemas import MAX_ID
 from alarmcentre.users.models import Role, User
+from alarmcentre.voice import simulated
+from alarmcentre.voice.views import SimulatedCallIn, public_base
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import render, translate
 
@@ -123,6 +125,27 @@ def simulate_reply(request: Request, session: SessionDep, _user: Reader,
         return render(request, "sms.html", {"rows": rows, "error": error}, status_code=code)
     target = back if back.startswith("/ui/") else "/ui/sms"
     return RedirectResponse(target, status_code=303)
+
+
+@router.post("/ui/voice/simulate-call", dependencies=[Csrf])
+def simulate_call(request: Request, session: SessionDep, _user: Reader,
+                  from_number: Annotated[str, Form(max_length=32)]) -> Response:
+    """For testers and demos: a call to the centre, as if the network brought it (outbox only); to its incident."""
+    settings = request.app.state.settings
+    error, code = None, status.HTTP_422_UNPROCESSABLE_CONTENT
+    if settings.twilio_configured:
+        error, code = translate(request, "Real calls are configured: call from a phone."), status.HTTP_409_CONFLICT
+    else:
+        try:
+            call = SimulatedCallIn(from_number=from_number)
+        except ValidationError as exc:
+            error = translate(request, "Not sent: %(reason)s", reason="; ".join(e["msg"] for e in exc.errors()))
+        else:
+            made = simulated.simulate_incoming(session, settings=settings, base=public_base(request),
+                                               from_number=call.from_number)
+            return RedirectResponse(f"/ui/incidents/{made.incident_id}", status_code=303)
+    rows = session.scalars(select(SmsMessage).order_by(SmsMessage.id.desc()).limit(200)).all()
+    return render(request, "sms.html", {"rows": rows, "error": error}, status_code=code)
 
 
 @router.get("/ui/audit/reveals")

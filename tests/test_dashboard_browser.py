@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from alarmcentre.clients.models import Client
 from alarmcentre.contacts.models import Contact
+from alarmcentre.db import transaction
 from alarmcentre.devices.models import Device
 from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage
 from alarmcentre.municipalities.models import Municipality
@@ -531,3 +532,27 @@ def settled(page: Page) -> None:
     connected(page)
     expect(page.get_by_test_id("alarm-bar")).to_be_visible()
     page.wait_for_function("() => window.alarmcentreState.waiting.length === 2")
+
+
+# -- the outbox's pretend telephone line ----------------------------------------------------------
+
+
+def test_a_simulated_call_is_answered_on_its_incident_and_lands_on_the_timeline(
+        stack: Stack, open_browser: Browse) -> None:
+    """Without Twilio a tester calls the centre from the SMS page and answers on the incident (docs/voice.md)."""
+    with transaction(stack.sessions) as session:  # the operator's desk phone, which the centre rings to answer
+        operator = session.scalar(select(User).where(User.username == "operator"))
+        assert operator is not None
+        operator.phone = "+37129000001"
+    page = open_browser("operator")
+    page.goto("/ui/sms")
+    page.get_by_test_id("simulate-call-from").fill("+37120000777")  # nobody the centre knows
+    page.get_by_test_id("simulate-call").click()
+    expect(page).to_have_url(re.compile(r"/ui/incidents/\d+$"))
+    expect(page.locator("[data-testid=timeline-entry][data-kind=call_incoming]")).to_have_count(1)
+    answered = time.monotonic()
+    page.get_by_test_id("voice-answer").click()
+    for kind in ("call_connected", "call_ended"):
+        expect(page.locator(f"[data-testid=timeline-entry][data-kind={kind}]")).to_have_count(1, timeout=LIVE_MS)
+    report("simulated call answered to the timeline", time.monotonic() - answered)
+    expect(page.get_by_test_id("incident-head")).to_have_attribute("data-status", "acknowledged")

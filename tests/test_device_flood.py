@@ -9,11 +9,12 @@ each device's order.
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -43,36 +44,47 @@ class Flood:
     seconds: float = 0.0
 
 
+def _flood(port: int, password: str, topic: str, payload: bytes | None, stop: Any, sent: Any, acked: Any,
+           seconds: Any) -> None:
+    """In a process of its own, as a device elsewhere is: HOSTILE-1 publishes without pause until `stop`."""
+    device, _ = connect(port, "HOSTILE-1", password, client_id="HOSTILE-1")
+
+    def acknowledged(*_args: object) -> None:
+        acked.value += 1
+
+    device.on_publish = acknowledged
+    started = time.monotonic()
+    while not stop.is_set():
+        info = device.publish(topic, payload or event_payload(sent.value + 1, "button_press"), qos=1)
+        sent.value += 1
+        if sent.value % 200 == 0:  # at most 200 in flight: the client's own buffer stays small
+            info.wait_for_publish(10)
+    info.wait_for_publish(10)
+    seconds.value = time.monotonic() - started
+    close(device)
+
+
 @contextmanager
 def flooding(broker: SealedMosquitto, topic: str, payload: bytes | None) -> Iterator[Flood]:
-    """HOSTILE-1 publishes `payload` (None: a valid button press with a new seq each time) without pause."""
-    flood, stop = Flood(), threading.Event()
-
-    def run() -> None:
-        device, _ = connect(broker.device_port, "HOSTILE-1", broker.device_passwords["HOSTILE-1"],
-                            client_id="HOSTILE-1")
-
-        def acknowledged(*_args: object) -> None:
-            flood.acknowledged += 1
-
-        device.on_publish = acknowledged
-        started = time.monotonic()
-        while not stop.is_set():
-            info = device.publish(topic, payload or event_payload(flood.sent + 1, "button_press"), qos=1)
-            flood.sent += 1
-            if flood.sent % 200 == 0:  # at most 200 in flight: the client's own buffer stays small
-                info.wait_for_publish(10)
-        flood.seconds = time.monotonic() - started
-        close(device)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    """HOSTILE-1 publishes `payload` (None: a valid button press with a new seq each time) without pause, from
+    another process (it must not share this one's interpreter with the ingest)."""
+    context = multiprocessing.get_context("spawn")
+    stop, sent, acked, seconds = context.Event(), context.Value("q", 0), context.Value("q", 0), context.Value("d", 0.0)
+    process = context.Process(target=_flood, args=(broker.device_port, broker.device_passwords["HOSTILE-1"], topic,
+                                                   payload, stop, sent, acked, seconds), daemon=True)
+    process.start()
+    flood = Flood()
     try:
-        time.sleep(2.0)  # the flood is on before the first real press
+        deadline = time.monotonic() + 30
+        while sent.value < 2000 and time.monotonic() < deadline:  # the flood is on before the first real press
+            time.sleep(0.05)
         yield flood
     finally:
         stop.set()
-        thread.join(15)
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+        flood.sent, flood.acknowledged, flood.seconds = sent.value, acked.value, seconds.value
 
 
 def press_waits(db: Database, broker: SealedMosquitto, presses: int = 10, *, kind: str = "button_press",

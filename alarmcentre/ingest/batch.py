@@ -58,6 +58,7 @@ from alarmcentre.ingest.protocol import (
     event_details,
     event_time,
     parse_message,
+    topic_device,
 )
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,17 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
     With a `budget`, the messages of a device past it are set aside (ingest/deferral.py), not applied."""
     settings = settings or get_settings()
     results: list[Result | None] = [None] * len(messages)
+    # Past the budget a message is set aside before its payload is even read: a flood costs one INSERT.
+    now = range(len(messages)) if budget is None else _set_aside_past_budget(session, messages, results, budget)
     valid: list[tuple[int, ParsedEvent | ParsedStatus]] = []
-    for index, message in enumerate(messages):
+    for index in now:
+        message = messages[index]
         parsed = parse_message(message.topic, message.payload, received_at=message.received_at)
         if isinstance(parsed, Rejection):
             results[index] = dead_letter(session, message=message, reason=parsed.reason, detail=parsed.detail,
                                          device_serial=parsed.device_id)
         else:
             valid.append((index, parsed))
-    if budget is not None and valid:
-        valid = _set_aside_past_budget(session, messages, valid, results, budget)
     # A device with anything for the domain in this batch keeps its messages from the first of those on in
     # arrival order, one by one: its "offline" status after its button press must leave it offline. What it sent
     # before that goes with the set, which is applied first.
@@ -140,24 +142,24 @@ def apply_deferred_round(session: Session, *, settings: Settings | None = None) 
                                    for row in rows], settings=settings)
 
 
-def _set_aside_past_budget(session: Session, messages: Sequence[InboundMessage],
-                           valid: list[tuple[int, ParsedEvent | ParsedStatus]], results: list[Result | None],
-                           budget: DeviceBudget) -> list[tuple[int, ParsedEvent | ParsedStatus]]:
+def _set_aside_past_budget(session: Session, messages: Sequence[InboundMessage], results: list[Result | None],
+                           budget: DeviceBudget) -> list[int]:
     """Set aside the messages of devices past their budget, and of devices with messages set aside already (their
-    order holds); the rest, to apply now."""
-    behind = deferring(session, {parsed.device_id for _, parsed in valid}) if budget.maybe_set_aside else set()
-    now: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    order holds); the indexes of the rest, to apply now. Only the topic is read: a message that is not a device's
+    goes on to be refused as usual."""
+    serials = [topic_device(message.topic) for message in messages]
+    known = {serial for serial in serials if serial is not None}
+    behind = deferring(session, known) if budget.maybe_set_aside else set()
+    now: list[int] = []
     aside: list[dict[str, object]] = []
-    for index, parsed in valid:
-        if parsed.device_id not in behind and budget.take(parsed.device_id):
-            now.append((index, parsed))
+    for index, (message, serial) in enumerate(zip(messages, serials, strict=True)):
+        if serial is None or (serial not in behind and budget.take(serial)):
+            now.append(index)
             continue
-        behind.add(parsed.device_id)  # the rest of this batch of the device waits behind this one
-        message = messages[index]
-        aside.append({"device_serial": parsed.device_id, "topic": message.topic, "payload": message.payload,
+        behind.add(serial)  # the rest of this batch of the device waits behind this one
+        aside.append({"device_serial": serial, "topic": message.topic, "payload": message.payload,
                       "received_at": message.received_at})
-        kind = str(parsed.type) if isinstance(parsed, ParsedEvent) else "status"
-        results[index] = Result(Outcome.DEFERRED, kind)
+        results[index] = Result(Outcome.DEFERRED, "deferred")
     if aside:
         set_aside(session, aside)
         budget.noted_set_aside()  # before the commit: a drain running now must not conclude the table is empty

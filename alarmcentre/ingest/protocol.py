@@ -30,6 +30,12 @@ DEVICE_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _TOPIC_RE = re.compile(rf"^{re.escape(TOPIC_PREFIX)}/({DEVICE_ID_PATTERN})/(events|alarms|status)$")
 
 
+def topic_device(topic: str) -> str | None:
+    """The serial in a device topic, None for anything else (a cheap look, before the payload is read)."""
+    match = _TOPIC_RE.match(topic)
+    return match.group(1) if match else None
+
+
 def events_topic(device_id: str) -> str:
     return f"{TOPIC_PREFIX}/{device_id}/events"
 

@@ -272,7 +272,7 @@ class AmqpLane(Lane):
         del self._held[: len(batch)]
         if self._carries_alarms and self._alarms_first is not None:
             self._alarms_first.done(len(batch))
-        self._record(batch, results)
+        self._record([item.message for item in batch], results)
 
     def _wait(self, seconds: float) -> bool:
         """Wait between database retries while answering the broker's heartbeats; True when stopping."""

@@ -133,13 +133,13 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
     return results  # type: ignore[return-value]
 
 
-def apply_deferred_round(session: Session, *, settings: Settings | None = None) -> list[Result]:
-    """Apply one round of set-aside messages (the oldest of each device first) as one batch; their results."""
-    rows = take_round(session)
-    if not rows:
-        return []
-    return process_batch(session, [InboundMessage(topic=row.topic, payload=row.payload, received_at=row.received_at)
-                                   for row in rows], settings=settings)
+def apply_deferred_round(session: Session, *, settings: Settings | None = None
+                         ) -> tuple[list[InboundMessage], list[Result]]:
+    """Apply one round of set-aside messages (the oldest of each device first) as one batch: the messages, and
+    their results."""
+    messages = [InboundMessage(topic=row.topic, payload=row.payload, received_at=row.received_at)
+                for row in take_round(session)]
+    return messages, process_batch(session, messages, settings=settings) if messages else []
 
 
 def _set_aside_past_budget(session: Session, messages: Sequence[InboundMessage], results: list[Result | None],

@@ -148,15 +148,16 @@ class Lane:
             # Short: an alarm waits out the outage plus at most this, and a retry costs the database little.
             delay = min(delay * 2, DATABASE_RETRY_MAX_S)
 
-    def _record(self, batch: Sequence[HasMessage], results: list[Result]) -> None:
+    def _record(self, messages: Sequence[InboundMessage], results: list[Result]) -> None:
+        """After a commit (of a batch, or of a round of set-aside messages): count, log, tell the listener."""
         now = clock.now()
         self.last_commit_at = time.time()
         metrics.INGEST_LAST_COMMIT.set(self.last_commit_at)
         _update_gauges()
         accepted: Counter[str] = Counter()
         deferred = 0
-        for item, result in zip(batch, results, strict=True):
-            metrics.INGEST_LAG.observe(max((now - item.message.received_at).total_seconds(), 0.0))
+        for message, result in zip(messages, results, strict=True):
+            metrics.INGEST_LAG.observe(max((now - message.received_at).total_seconds(), 0.0))
             if result.outcome is Outcome.ACCEPTED:
                 accepted[result.kind] += 1
                 if result.clock_skewed:
@@ -170,7 +171,7 @@ class Lane:
                 deferred += 1
             else:
                 metrics.MESSAGES_REJECTED.labels(result.reason or "unknown").inc()
-                log.warning("ingest: rejected a message on %s: %s", item.message.topic[:120], result.reason)
+                log.warning("ingest: rejected a message on %s: %s", message.topic[:120], result.reason)
         for kind, count in accepted.items():  # one update per kind, not per message: most are heartbeats
             metrics.MESSAGES_ACCEPTED.labels(kind).inc(count)
         if deferred:  # counted and logged per batch: a flood must not flood the log too
@@ -456,7 +457,7 @@ class IngestConsumer(Lane):
             if self._carries_alarms and self._alarms_first is not None:
                 self._alarms_first.done(len(batch))
             self._in_hand_since, self._in_hand = None, 0
-            self._record(batch, results)
+            self._record([item.message for item in batch], results)
             if time.monotonic() - self._drained_at >= DRAIN_EVERY_S:  # busy: still a round now and then
                 self._drain_deferred()
 
@@ -471,7 +472,7 @@ class IngestConsumer(Lane):
         count_before = budget.set_aside_count
         try:
             with transaction(self._factory, writes=True) as session:
-                results = apply_deferred_round(session, settings=self._settings)
+                messages, results = apply_deferred_round(session, settings=self._settings)
         except DBAPIError as exc:  # the batches report the database; the rows wait for the next round
             log.warning("ingest: could not apply set-aside messages: %s", error_reason(exc))
             return
@@ -479,11 +480,7 @@ class IngestConsumer(Lane):
             budget.found_none_set_aside(count_before)
             return
         metrics.DEFERRED_APPLIED.inc(len(results))
-        if self._on_committed is not None:
-            try:
-                self._on_committed(results)
-            except Exception:  # a listener's bug must not stop the ingest
-                log.exception("ingest: on_committed listener failed")
+        self._record(messages, results)  # an alarm among them opened its incident: counted and logged as any
 
     def _acknowledge(self, batch: list[_Received]) -> None:
         generation = self._generation
@@ -506,9 +503,10 @@ class Ingest:
                  settings: Settings | None = None, budget: DeviceBudget | Literal[False] | None = None) -> None:
         """`budget`: the devices' budget (None: the default one; False: none, every message applied at once)."""
         # One budget for both lanes: a device flooding either is set aside (ingest/deferral.py).
+        shared_budget = None if budget is False else budget or DeviceBudget()
         common: dict[str, Any] = {"mqtt_url": mqtt_url, "session_factory": session_factory,
                                   "on_committed": on_committed, "settings": settings, "alarms_first": AlarmsFirst(),
-                                  "budget": DeviceBudget() if budget is None else budget or None}
+                                  "budget": shared_budget}
         self.alarms = IngestConsumer(client_id=f"{client_id}-alarms", subscriptions=ALARM_SUBSCRIPTIONS,
                                      batch_max=min(batch_max, ALARM_BATCH_MAX), carries_alarms=True, **common)
         self.bulk = IngestConsumer(client_id=client_id, subscriptions=BULK_SUBSCRIPTIONS, batch_max=batch_max,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +13,7 @@ from alarmcentre.contacts.models import Contact
 from alarmcentre.contacts.schemas import ContactIn, ContactPatch
 from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.municipalities.models import Municipality
+from alarmcentre.schemas import MAX_ID
 
 
 class NotFound(LookupError):
@@ -79,3 +80,15 @@ def update_contact(session: Session, *, contact: Contact, patch: ContactPatch) -
         setattr(contact, name, "" if value is None else value)  # null notes are cleared
     session.flush()
     return contact
+
+
+def get_client(session: Session, client_id: int) -> Client | None:
+    return session.get(Client, client_id) if 0 < client_id <= MAX_ID else None
+
+
+def client_names(session: Session, client_ids: Iterable[int | None]) -> dict[int, str]:
+    wanted = {i for i in client_ids if i is not None}
+    if not wanted:
+        return {}
+    return {cid: name for cid, name in
+            session.execute(select(Client.id, Client.full_name).where(Client.id.in_(wanted))).all()}

@@ -17,8 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.orm import Session, sessionmaker
 
 from alarmcentre import metrics
+from alarmcentre.db import transaction
+from alarmcentre.devices import service
+from alarmcentre.devices.models import Device
 from alarmcentre.ingest.protocol import config_topic
 
 log = logging.getLogger(__name__)
@@ -89,3 +93,28 @@ class ConfigPublisher:
             self._client.disconnect()
             self._client.loop_stop()
             self._started = False
+
+
+def save_and_publish_config(
+    session: Session, factory: sessionmaker[Session], publisher: ConfigPublisher | None, *, device: Device,
+    config: dict[str, Any], actor: str, expected_version: int | None = None,
+) -> int:
+    """Store `config` as the device's next desired version, commit `session`, then publish it retained;
+    the version saved. The API and the dashboard both save through here.
+
+    The request's own transaction is committed (the session is finished afterwards): the save
+    must be durable before the broker holds it, and the publish (up to its timeout) must not keep a
+    write lock. If the broker is unreachable the change is kept and the scheduler publishes it later.
+    Refused before anything is written: ValueError when invalid for the model (its __cause__ is the
+    ValidationError), DeviceConflict when `expected_version` is no longer the desired one."""
+    if expected_version is not None:
+        session.refresh(device, with_for_update=True)
+        if device.desired_config_version != expected_version:
+            raise service.DeviceConflict(f"version {device.desired_config_version} was saved meanwhile")
+    row = service.set_desired_config(session, device=device, config=config, actor=actor)
+    serial, device_id, version, saved = device.serial, device.id, row.version, dict(row.config)
+    session.commit()
+    if publisher is not None and publisher.publish_config(serial, version, saved):
+        with transaction(factory) as later:
+            service.mark_published(later, device_id=device_id, version=version)
+    return version

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
 from alarmcentre.canary import CANARY_MODEL
 from alarmcentre.clients.models import Client
+from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.devices.catalogue import validate_config
 from alarmcentre.devices.models import (
     BatteryReading,
@@ -203,3 +205,49 @@ def recent_events(session: Session, *, device: Device, limit: int = 100) -> Sequ
     return session.scalars(
         select(DeviceEvent).where(DeviceEvent.device_id == device.id).order_by(DeviceEvent.id.desc()).limit(limit)
     ).all()
+
+
+def get_device(session: Session, device_id: int) -> Device | None:
+    return session.get(Device, device_id)
+
+
+def lock(session: Session, device: Device) -> Device:
+    """Re-read the device and hold it for the rest of the transaction: two technicians acting on one
+    device at once, the second sees what the first did."""
+    session.refresh(device, with_for_update=True)
+    return device
+
+
+@dataclass(frozen=True)
+class InventoryRow:
+    device: Device
+    client: Client | None
+
+
+def inventory(session: Session, *, search: str = "", status: DeviceStatus | None = None,
+              limit: int = 300) -> list[InventoryRow]:
+    """The technicians' inventory by serial; `search` matches a serial or the client's name.
+
+    The canary is the centre's own test device, not stock to install or repair: its state is the
+    banner's, not the inventory's (it showed there as "in repair")."""
+    query = (select(Device, Client).outerjoin(Client, Client.id == Device.client_id)
+             .where(Device.model != CANARY_MODEL).order_by(Device.serial).limit(limit))
+    if status is not None:
+        query = query.where(Device.status == status)
+    if search:
+        query = query.where(or_(Device.serial.ilike(contains_pattern(search), escape=LIKE_ESCAPE),
+                                Client.full_name.ilike(contains_pattern(search), escape=LIKE_ESCAPE)))
+    return [InventoryRow(device, client) for device, client in session.execute(query).all()]
+
+
+def inventory_counts(session: Session) -> dict[DeviceStatus, int]:
+    """Devices per status, the canary left out as in `inventory`."""
+    return {status: count for status, count in session.execute(
+        select(Device.status, func.count()).where(Device.model != CANARY_MODEL).group_by(Device.status)).all()}
+
+
+def spare_serials(session: Session, *, excluding: int, limit: int = 200) -> Sequence[str]:
+    """Devices in stock with nobody: what a faulty one can be swapped for."""
+    return session.scalars(
+        select(Device.serial).where(Device.status == DeviceStatus.IN_STOCK, Device.client_id.is_(None),
+                                    Device.id != excluding).order_by(Device.serial).limit(limit)).all()

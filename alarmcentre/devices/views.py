@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from alarmcentre.api_deps import DEVICE_EDITORS, STAFF, SessionDep, require_roles
-from alarmcentre.db import transaction
 from alarmcentre.devices import service
 from alarmcentre.devices.models import (
     BatteryReading,
@@ -18,7 +17,7 @@ from alarmcentre.devices.models import (
     DeviceStatus,
     SignalReading,
 )
-from alarmcentre.devices.publisher import ConfigPublisher
+from alarmcentre.devices.publisher import save_and_publish_config
 from alarmcentre.devices.schemas import (
     AssignIn,
     AssignmentOut,
@@ -162,31 +161,6 @@ def _config_state(session: Session, device: Device) -> ConfigStateOut:
 def get_config(session: SessionDep, _u: Reader, device: Annotated[Device, Depends(load_device)]) -> ConfigStateOut:
     """Programming state: desired versus reported, with the difference and the version history."""
     return _config_state(session, device)
-
-
-def save_and_publish_config(
-    session: Session, factory: sessionmaker[Session], publisher: ConfigPublisher | None, *, device: Device,
-    config: dict[str, Any], actor: str, expected_version: int | None = None,
-) -> int:
-    """Store `config` as the device's next desired version, commit `session`, then publish it retained;
-    the version saved. The API and the dashboard both save through here.
-
-    The request's own transaction is committed (the session is finished afterwards): the save
-    must be durable before the broker holds it, and the publish (up to its timeout) must not keep a
-    write lock. If the broker is unreachable the change is kept and the scheduler publishes it later.
-    Refused before anything is written: ValueError when invalid for the model (its __cause__ is the
-    ValidationError), DeviceConflict when `expected_version` is no longer the desired one."""
-    if expected_version is not None:
-        session.refresh(device, with_for_update=True)
-        if device.desired_config_version != expected_version:
-            raise service.DeviceConflict(f"version {device.desired_config_version} was saved meanwhile")
-    row = service.set_desired_config(session, device=device, config=config, actor=actor)
-    serial, device_id, version, saved = device.serial, device.id, row.version, dict(row.config)
-    session.commit()
-    if publisher is not None and publisher.publish_config(serial, version, saved):
-        with transaction(factory) as later:
-            service.mark_published(later, device_id=device_id, version=version)
-    return version
 
 
 @router.put("/{serial}/config", response_model=ConfigStateOut)

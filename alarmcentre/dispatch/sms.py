@@ -317,3 +317,17 @@ def apply_status_callback(
         message.last_error = f"delivery report: {status} (error {error_code})"
         return message
     return None
+
+
+def recent_messages(session: Session, *, incident_id: int | None = None, limit: int = 200) -> list[SmsMessage]:
+    """Texts in and out, the newest first (the outbox page, GET /api/v1/sms)."""
+    query = select(SmsMessage).order_by(SmsMessage.id.desc()).limit(limit)
+    if incident_id is not None:
+        query = query.where(SmsMessage.incident_id == incident_id)
+    return list(session.scalars(query))
+
+
+def outbox_mark(session: Session) -> tuple[int | None, int]:
+    """(newest id, count) of the texts: a change in either means a text came or went (the live feed)."""
+    newest, count = session.execute(select(func.max(SmsMessage.id), func.count(SmsMessage.id))).one()
+    return newest, count

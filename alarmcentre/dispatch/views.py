@@ -33,7 +33,7 @@ from alarmcentre.dispatch.schemas import (
     StepAnswerIn,
     StepRef,
 )
-from alarmcentre.dispatch.sms import OUTBOX_NUMBER, apply_status_callback
+from alarmcentre.dispatch.sms import OUTBOX_NUMBER, apply_status_callback, recent_messages
 from alarmcentre.incidents.models import Incident
 from alarmcentre.incidents.schemas import IncidentOut
 from alarmcentre.schemas import MAX_ID, Id
@@ -199,10 +199,7 @@ def reopen(user: Operator, body: ReopenIn, request: Request, session: SessionDep
 def list_sms(_u: Operator, session: SessionDep, incident_id: Id | None = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[SmsMessage]:
     """Texts in and out, newest first: the outbox when Twilio is not configured."""
-    query = select(SmsMessage).order_by(SmsMessage.id.desc()).limit(limit)
-    if incident_id is not None:
-        query = query.where(SmsMessage.incident_id == incident_id)
-    return list(session.scalars(query))
+    return recent_messages(session, incident_id=incident_id, limit=limit)
 
 
 @router.post("/api/v1/sms/simulate-reply", response_model=SmsOut, status_code=status.HTTP_201_CREATED)

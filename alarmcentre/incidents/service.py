@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from alarmcentre import clock
 from alarmcentre.clients.models import Client
+from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.devices.models import Device, DeviceEvent
 from alarmcentre.incidents.models import (
+    ALARM_KINDS,
     Incident,
     IncidentKind,
     IncidentStatus,
     TimelineEntry,
     TimelineKind,
 )
+from alarmcentre.schemas import MAX_ID
+from alarmcentre.users.models import User
 
 
 def alarm_priority(kind: IncidentKind, care_level: int | None) -> int:
@@ -143,3 +149,96 @@ def get_incident(session: Session, *, incident_id: int) -> Incident | None:
         select(Incident).where(Incident.id == incident_id)
         .options(selectinload(Incident.timeline), selectinload(Incident.steps))
     )
+
+
+def get_incident_for_update(session: Session, *, incident_id: int) -> Incident | None:
+    """The incident, locked for the rest of the transaction: an action on it waits for another's."""
+    return session.get(Incident, incident_id, with_for_update=True)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One line of the operators' queue."""
+
+    incident: Incident
+    client: Client | None
+    owner: str | None  # the owner's full name, else the username
+    serial: str | None
+    alerts: int  # supervisor alerts on it so far
+
+
+def queue(session: Session) -> list[QueueRow]:
+    """Every incident not resolved, most urgent first: priority, then how long it has waited."""
+    owner = aliased(User)
+    rows = session.execute(
+        select(Incident, Client, owner.username, owner.full_name, Device.serial)
+        .outerjoin(Client, Client.id == Incident.client_id)
+        .outerjoin(owner, owner.id == Incident.owner_id)
+        .outerjoin(Device, Device.id == Incident.device_id)
+        .where(Incident.status != IncidentStatus.RESOLVED)
+        .order_by(Incident.priority, Incident.opened_at, Incident.id)
+    ).all()
+    ids = [incident.id for incident, *_ in rows]
+    alerts: dict[int, int] = {}
+    if ids:
+        alerts = {incident_id: count for incident_id, count in session.execute(
+            select(TimelineEntry.incident_id, func.count()).where(
+                TimelineEntry.incident_id.in_(ids), TimelineEntry.kind == TimelineKind.SUPERVISOR_ALERT)
+            .group_by(TimelineEntry.incident_id)).all()}
+    return [QueueRow(incident, client, owner_full or owner_name, serial, alerts.get(incident.id, 0))
+            for incident, client, owner_name, owner_full, serial in rows]
+
+
+def waiting_alarms(session: Session) -> list[tuple[int, datetime]]:
+    """Alarms nobody has taken yet (id, opened), most urgent first."""
+    return [(incident_id, opened) for incident_id, opened in session.execute(
+        select(Incident.id, Incident.opened_at).where(
+            Incident.status == IncidentStatus.OPEN, Incident.kind.in_(ALARM_KINDS))
+        .order_by(Incident.priority, Incident.opened_at)).all()]
+
+
+def count_unresolved(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Incident)
+                          .where(Incident.status != IncidentStatus.RESOLVED)) or 0
+
+
+class SearchState(StrEnum):
+    ALL = "all"
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+def search(session: Session, *, text: str = "", state: SearchState = SearchState.ALL, since: datetime,
+           limit: int = 300) -> list[tuple[Incident, Client | None]]:
+    """Incidents opened since `since` or still unresolved, newest first; `text` matches the client's
+    name or address, or an incident's or client's number."""
+    query = (select(Incident, Client).outerjoin(Client, Client.id == Incident.client_id)
+             .where(or_(Incident.opened_at >= since, Incident.status != IncidentStatus.RESOLVED))
+             .order_by(Incident.opened_at.desc()).limit(limit))
+    if state is SearchState.OPEN:
+        query = query.where(Incident.status != IncidentStatus.RESOLVED)
+    elif state is SearchState.RESOLVED:
+        query = query.where(Incident.status == IncidentStatus.RESOLVED)
+    if text:
+        pattern = contains_pattern(text)
+        conditions = [Client.full_name.ilike(pattern, escape=LIKE_ESCAPE),
+                      Client.address.ilike(pattern, escape=LIKE_ESCAPE)]
+        if text.isdigit() and int(text) <= MAX_ID:
+            conditions += [Incident.id == int(text), Client.id == int(text)]
+        query = query.where(or_(*conditions))
+    return [(incident, client) for incident, client in session.execute(query).all()]
+
+
+def for_client(session: Session, *, client_id: int, excluding: int | None = None,
+               limit: int = 20) -> Sequence[Incident]:
+    """A client's incidents, newest first."""
+    query = select(Incident).where(Incident.client_id == client_id)
+    if excluding is not None:
+        query = query.where(Incident.id != excluding)
+    return session.scalars(query.order_by(Incident.opened_at.desc()).limit(limit)).all()
+
+
+def timeline_entries_after(session: Session, entry_id: int) -> list[tuple[int, int]]:
+    """(entry id, incident id) of every timeline entry with a larger id: what changed (the live feed)."""
+    return [(entry, incident) for entry, incident in session.execute(
+        select(TimelineEntry.id, TimelineEntry.incident_id).where(TimelineEntry.id > entry_id)).all()]

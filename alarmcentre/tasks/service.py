@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -116,3 +116,14 @@ def list_tasks(
     if client_id is not None:
         query = query.where(OperatorTask.client_id == client_id)
     return session.scalars(query).all()
+
+
+def count_active(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(OperatorTask).where(OperatorTask.status.in_(ACTIVE))) or 0
+
+
+def active_mark(session: Session) -> tuple[int | None, int]:
+    """(newest id, count) of the open or claimed tasks: a change in either is a change (the live feed)."""
+    newest, count = session.execute(select(func.max(OperatorTask.id), func.count(OperatorTask.id))
+                                    .where(OperatorTask.status.in_(ACTIVE))).one()
+    return newest, count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from argon2 import PasswordHasher
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
+from alarmcentre.schemas import MAX_ID
 from alarmcentre.users import throttle
 from alarmcentre.users.models import ApiToken, IntegrationKey, Role, User
 
@@ -124,3 +126,24 @@ def create_integration_key(session: Session, *, name: str) -> str:
 def integration_key_for(session: Session, *, key: str) -> IntegrationKey | None:
     row = session.scalar(select(IntegrationKey).where(IntegrationKey.key_hash == _digest(key)))
     return row if row is not None and row.revoked_at is None and row.role == Role.INTEGRATION else None
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id) if 0 < user_id <= MAX_ID else None
+
+
+def display_names(session: Session, user_ids: Iterable[int | None]) -> dict[int, str]:
+    """Each user's full name, else the username: how staff are named on a page."""
+    wanted = {i for i in user_ids if i is not None}
+    if not wanted:
+        return {}
+    return {uid: (full or name) for uid, name, full in
+            session.execute(select(User.id, User.username, User.full_name).where(User.id.in_(wanted))).all()}
+
+
+def active_users(session: Session, *, roles: Iterable[Role], excluding: int | None = None) -> Sequence[User]:
+    """Active accounts of these roles, by username: whom work can be handed to."""
+    query = select(User).where(User.active, User.role.in_(tuple(roles)))
+    if excluding is not None:
+        query = query.where(User.id != excluding)
+    return session.scalars(query.order_by(User.username)).all()

@@ -8,10 +8,13 @@ records the call and rings nobody.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alarmcentre.config import Settings
 from alarmcentre.dispatch.sms import _RebasedHttpClient as rebased_http_client
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 # Status callbacks for the operator's leg: every step, so a phone that never rang is told at once.
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -75,3 +78,15 @@ def build_voice(settings: Settings) -> VoiceProvider:
         return TwilioVoice(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
                            from_number=settings.twilio_from_number, api_base=settings.twilio_api_base)
     return OutboxVoice()
+
+
+def public_base(request: Request) -> str:
+    """Where Twilio reaches the centre: the configured public URL, else the address this request came to."""
+    return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def voice_provider(request: Request) -> VoiceProvider:
+    state = request.app.state
+    if getattr(state, "voice", None) is None:
+        state.voice = build_voice(state.settings)
+    return state.voice  # type: ignore[no-any-return]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -14,24 +13,12 @@ from alarmcentre.api_deps import SessionDep
 from alarmcentre.db import transaction
 from alarmcentre.dispatch.views import Operator
 from alarmcentre.dispatch.views import _verified_form as verified_form
-from alarmcentre.schemas import InputModel, Phone
 from alarmcentre.voice import dispatch, service, simulated
-from alarmcentre.voice.provider import VoiceProvider, build_voice
+from alarmcentre.voice.provider import public_base
+from alarmcentre.voice.schemas import SimulatedCallIn, SimulatedCallOut
 
 router = APIRouter(include_in_schema=False)
 XML = "application/xml"
-
-
-def public_base(request: Request) -> str:
-    """Where Twilio reaches the centre: the configured public URL, else the address this request came to."""
-    return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
-
-
-def voice_provider(request: Request) -> VoiceProvider:
-    state = request.app.state
-    if getattr(state, "voice", None) is None:
-        state.voice = build_voice(state.settings)
-    return state.voice  # type: ignore[no-any-return]
 
 
 def _int(value: str | None) -> int | None:
@@ -124,18 +111,6 @@ async def key_pressed(request: Request) -> Response:
 # -- the outbox's pretend line (in the API schema; off with Twilio) ---------------------------
 
 api = APIRouter(tags=["voice"])
-
-
-class SimulatedCallIn(InputModel):
-    model_config = ConfigDict(extra="forbid")
-    from_number: Phone
-
-
-class SimulatedCallOut(BaseModel):
-    call_id: int
-    incident_id: int | None
-    from_number: str
-    status: str
 
 
 @api.post("/api/v1/voice/simulate-call", response_model=SimulatedCallOut, status_code=status.HTTP_201_CREATED)

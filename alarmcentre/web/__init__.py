@@ -6,11 +6,12 @@ error pages of the dashboard's own routes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,6 +24,9 @@ from alarmcentre.web.auth import BadCsrf, LoginRequired, NotAllowed, user_from_c
 from alarmcentre.web.i18n import WEB_DIR
 from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
 from alarmcentre.web.render import render
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 DASHBOARD_PREFIXES = ("/ui", "/login", "/logout", "/language")
 

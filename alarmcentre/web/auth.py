@@ -12,15 +12,17 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from alarmcentre.api_deps import SessionDep
 from alarmcentre.clients.models import Language
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 SESSION_COOKIE = "ac_session"
 LOGIN_CSRF_COOKIE = "ac_login"

@@ -24,17 +24,18 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from alarmcentre import clock
 from alarmcentre.canary import CanaryWatch
-from alarmcentre.dispatch.models import SmsMessage
-from alarmcentre.incidents.models import TimelineEntry
-from alarmcentre.tasks.models import OperatorTask, TaskStatus
+from alarmcentre.dispatch.sms import outbox_mark
+from alarmcentre.incidents import service as incidents
+from alarmcentre.tasks import service as tasks
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,9 @@ class LiveFeed:
         change = Change()
         with self._factory() as session:
             low = max(self._newest - LOOKBACK_IDS, 0)
-            rows = session.execute(
-                select(TimelineEntry.id, TimelineEntry.incident_id).where(TimelineEntry.id > low)
-            ).all()
-            sms_mark = tuple(session.execute(select(func.max(SmsMessage.id), func.count(SmsMessage.id))).one())
-            task_mark = tuple(session.execute(
-                select(func.max(OperatorTask.id), func.count(OperatorTask.id))
-                .where(OperatorTask.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))).one())
+            rows = incidents.timeline_entries_after(session, low)
+            sms_mark = outbox_mark(session)
+            task_mark = tasks.active_mark(session)
         first = self._newest < 0
         for entry_id, incident_id in rows:
             if entry_id not in self._seen:

@@ -3,38 +3,38 @@ and revealing access information."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, aliased
 
 from alarmcentre import clock
 from alarmcentre.api_deps import INCIDENT_ROLES, SessionDep
 from alarmcentre.clients import access
-from alarmcentre.clients.models import Client
-from alarmcentre.db import LIKE_ESCAPE, contains_pattern
-from alarmcentre.devices.models import Device
+from alarmcentre.clients import service as clients
+from alarmcentre.devices import service as devices
 from alarmcentre.dispatch import actions
 from alarmcentre.dispatch.schemas import CallIn, EmergencyIn, HandoverIn, NoteIn, ReopenIn, ResolveIn, StepAnswerIn
 from alarmcentre.incidents import service as incidents
-from alarmcentre.incidents.models import ALARM_KINDS, Incident, IncidentStatus, TimelineEntry, TimelineKind
+from alarmcentre.incidents.models import ALARM_KINDS, Incident, IncidentStatus
+from alarmcentre.reports import today
 from alarmcentre.schemas import MAX_ID
-from alarmcentre.tasks.models import OperatorTask, TaskStatus
+from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from alarmcentre.visits import service as visits
 from alarmcentre.voice import service as voice
 from alarmcentre.voice import simulated
-from alarmcentre.voice.models import CallPurpose, VoiceCall
-from alarmcentre.voice.views import public_base, voice_provider
+from alarmcentre.voice.provider import public_base, voice_provider
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import SECURITY_HEADERS, render, render_text, request_language, translate
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 router = APIRouter(include_in_schema=False)
 Operator = Annotated[User, Depends(roles(*INCIDENT_ROLES))]
@@ -44,65 +44,20 @@ Operator = Annotated[User, Depends(roles(*INCIDENT_ROLES))]
 
 
 def queue_rows(session: Session) -> list[dict[str, Any]]:
-    """Every incident not resolved, most urgent first: priority, then how long it has waited."""
-    owner = aliased(User)
-    rows = session.execute(
-        select(Incident, Client, owner.username, owner.full_name, Device.serial)
-        .outerjoin(Client, Client.id == Incident.client_id)
-        .outerjoin(owner, owner.id == Incident.owner_id)
-        .outerjoin(Device, Device.id == Incident.device_id)
-        .where(Incident.status != IncidentStatus.RESOLVED)
-        .order_by(Incident.priority, Incident.opened_at, Incident.id)
-    ).all()
-    ids = [incident.id for incident, *_ in rows]
-    alerts: dict[int, int] = {}
-    if ids:
-        alerts = dict(session.execute(
-            select(TimelineEntry.incident_id, func.count()).where(
-                TimelineEntry.incident_id.in_(ids), TimelineEntry.kind == TimelineKind.SUPERVISOR_ALERT)
-            .group_by(TimelineEntry.incident_id)).all())
-    calling = voice.incidents_with_waiting_callers(session, ids)
-    return [{"incident": incident, "client": client, "owner": owner_full or owner_name, "serial": serial,
-             "alerts": alerts.get(incident.id, 0), "technical": incident.kind not in ALARM_KINDS,
-             "caller_waiting": incident.id in calling}
-            for incident, client, owner_name, owner_full, serial in rows]
-
-
-def todays_figures(session: Session, zone: ZoneInfo, *, target_s: int, limit_s: int) -> dict[str, Any]:
-    """Alarms since local midnight and how fast they were answered (acknowledged); of those with a call,
-    how fast an operator was speaking with the caller."""
-    now = clock.now()
-    midnight = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
-    opened = session.execute(
-        select(Incident.opened_at, Incident.acknowledged_at)
-        .where(Incident.opened_at >= midnight, Incident.kind.in_(ALARM_KINDS))).all()
-    total = len(opened)
-    called = session.execute(
-        select(Incident.opened_at, Incident.spoken_at).where(
-            Incident.opened_at >= midnight, Incident.kind.in_(ALARM_KINDS),
-            Incident.id.in_(select(VoiceCall.incident_id).where(VoiceCall.purpose == CallPurpose.INCOMING)))).all()
-
-    def within(seconds: int, rows: Sequence[Any] = opened) -> int:
-        return sum(1 for start, end in rows if end is not None and (end - start).total_seconds() <= seconds)
-
-    def percent(count: int, of: int = total) -> str:
-        return f"{100 * count / of:.0f}" if of else "–"
-
-    open_count = session.scalar(select(func.count()).select_from(Incident)
-                                .where(Incident.status != IncidentStatus.RESOLVED)) or 0
-    tasks = session.scalar(select(func.count()).select_from(OperatorTask)
-                           .where(OperatorTask.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))) or 0
-    return {"alarms": total, "within_target": percent(within(target_s)), "within_limit": percent(within(limit_s)),
-            "open": open_count, "tasks": tasks, "calls": len(called),
-            "spoken_within_target": percent(within(target_s, called), len(called)),
-            "spoken_within_limit": percent(within(limit_s, called), len(called))}
+    """Every incident not resolved, most urgent first, with what the queue shows of each."""
+    rows = incidents.queue(session)
+    calling = voice.incidents_with_waiting_callers(session, [row.incident.id for row in rows])
+    return [{"incident": row.incident, "client": row.client, "owner": row.owner, "serial": row.serial,
+             "alerts": row.alerts, "technical": row.incident.kind not in ALARM_KINDS,
+             "caller_waiting": row.incident.id in calling}
+            for row in rows]
 
 
 def _queue_context(request: Request, session: Session) -> dict[str, Any]:
     settings = request.app.state.settings
     return {"rows": queue_rows(session),
-            "figures": todays_figures(session, ZoneInfo(settings.local_timezone),
-                                      target_s=settings.answer_target_s, limit_s=settings.answer_limit_s)}
+            "figures": today.todays_figures(session, ZoneInfo(settings.local_timezone),
+                                            target_s=settings.answer_target_s, limit_s=settings.answer_limit_s)}
 
 
 @router.get("/ui/queue")
@@ -130,9 +85,7 @@ def queue_fragment(request: Request, session: SessionDep, _user: Operator) -> Re
 @router.get("/ui/alarms")
 def waiting_alarms(session: SessionDep, _user: Operator) -> JSONResponse:
     """Alarms nobody has taken yet: every page of an operator alerts (sound, title) while there are any."""
-    rows = session.execute(select(Incident.id, Incident.opened_at).where(
-        Incident.status == IncidentStatus.OPEN, Incident.kind.in_(ALARM_KINDS))
-        .order_by(Incident.priority, Incident.opened_at)).all()
+    rows = incidents.waiting_alarms(session)
     return JSONResponse({"waiting": [{"id": i, "opened": int(at.timestamp() * 1000)} for i, at in rows]},
                         headers={"Cache-Control": "no-store"})
 
@@ -145,58 +98,35 @@ def incident_list(request: Request, session: SessionDep, _user: Operator, q: str
                   days: int = 7) -> Response:
     days = min(max(days, 1), 366)
     since = clock.now() - timedelta(days=days)
-    query = (select(Incident, Client).outerjoin(Client, Client.id == Incident.client_id)
-             .where(or_(Incident.opened_at >= since, Incident.status != IncidentStatus.RESOLVED))
-             .order_by(Incident.opened_at.desc()).limit(300))
-    if state == "open":
-        query = query.where(Incident.status != IncidentStatus.RESOLVED)
-    elif state == "resolved":
-        query = query.where(Incident.status == IncidentStatus.RESOLVED)
+    chosen = incidents.SearchState(state) if state in {s.value for s in incidents.SearchState} else \
+        incidents.SearchState.ALL
     text = q.strip()[:100].replace("\x00", "")
-    if text:
-        pattern = contains_pattern(text)
-        conditions = [Client.full_name.ilike(pattern, escape=LIKE_ESCAPE),
-                      Client.address.ilike(pattern, escape=LIKE_ESCAPE)]
-        if text.isdigit() and int(text) <= MAX_ID:
-            conditions += [Incident.id == int(text), Client.id == int(text)]
-        query = query.where(or_(*conditions))
-    rows = session.execute(query).all()
-    return render(request, "incidents.html", {"rows": rows, "q": text, "state": state, "days": days})
+    rows = incidents.search(session, text=text, state=chosen, since=since)
+    return render(request, "incidents.html", {"rows": rows, "q": text, "state": chosen.value, "days": days})
 
 
 def _load(session: Session, incident_id: int, *, lock: bool = False) -> Incident:
     incident = None
     if 0 < incident_id <= MAX_ID:
-        incident = session.get(Incident, incident_id, with_for_update=lock) if lock else \
+        incident = incidents.get_incident_for_update(session, incident_id=incident_id) if lock else \
             incidents.get_incident(session, incident_id=incident_id)
     if incident is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such incident")
     return incident
 
 
-def _usernames(session: Session, ids: set[int | None]) -> dict[int, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    return {uid: (full or name) for uid, name, full in
-            session.execute(select(User.id, User.username, User.full_name).where(User.id.in_(wanted))).all()}
-
-
 def _incident_context(request: Request, session: Session, incident: Incident, user: User) -> dict[str, Any]:
-    client = session.get(Client, incident.client_id) if incident.client_id else None
-    device = session.get(Device, incident.device_id) if incident.device_id else None
+    client = clients.get_client(session, incident.client_id) if incident.client_id else None
+    device = devices.get_device(session, incident.device_id) if incident.device_id else None
     recent: list[Incident] = []
     last_visits: list[Any] = []
     next_visit = None
     if client is not None:
-        recent = list(session.scalars(select(Incident).where(Incident.client_id == client.id,
-                                                             Incident.id != incident.id)
-                                      .order_by(Incident.opened_at.desc()).limit(5)))
+        recent = list(incidents.for_client(session, client_id=client.id, excluding=incident.id, limit=5))
         found, next_visit = visits.client_visits(session, client_id=client.id, limit=5)
         last_visits = list(found)
-    staff = _usernames(session, {incident.owner_id, incident.acknowledged_by, incident.resolved_by})
-    colleagues = session.scalars(select(User).where(User.active, User.role.in_((Role.OPERATOR, Role.SUPERVISOR)),
-                                                    User.id != user.id).order_by(User.username)).all()
+    staff = users.display_names(session, (incident.owner_id, incident.acknowledged_by, incident.resolved_by))
+    colleagues = users.active_users(session, roles=(Role.OPERATOR, Role.SUPERVISOR), excluding=user.id)
     settings = request.app.state.settings
     reopen_until = (incident.resolved_at + timedelta(minutes=settings.reopen_window_minutes)
                     if incident.resolved_at else None)

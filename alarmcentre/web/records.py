@@ -8,23 +8,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from alarmcentre.api_deps import INCIDENT_ROLES, SessionDep
 from alarmcentre.clients import access
 from alarmcentre.clients import service as clients
 from alarmcentre.clients.models import Client, ClientStatus
 from alarmcentre.clients.schemas import ClientPatch
-from alarmcentre.devices.models import Device
+from alarmcentre.devices import service as devices
 from alarmcentre.dispatch.inbound import handle_inbound
-from alarmcentre.dispatch.models import SmsMessage
 from alarmcentre.dispatch.schemas import SimulatedReplyIn
-from alarmcentre.dispatch.sms import OUTBOX_NUMBER
-from alarmcentre.incidents.models import Incident
-from alarmcentre.schemas import MAX_ID
+from alarmcentre.dispatch.sms import OUTBOX_NUMBER, recent_messages
+from alarmcentre.incidents import service as incidents
 from alarmcentre.users.models import Role, User
 from alarmcentre.voice import simulated
-from alarmcentre.voice.views import SimulatedCallIn, public_base
+from alarmcentre.voice.provider import public_base
+from alarmcentre.voice.schemas import SimulatedCallIn
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import render, translate
 
@@ -44,7 +42,7 @@ def client_list(request: Request, session: SessionDep, _user: Reader, q: str = "
 
 
 def _client(session: SessionDep, client_id: int) -> Client:
-    client = session.get(Client, client_id) if 0 < client_id <= MAX_ID else None
+    client = clients.get_client(session, client_id)
     if client is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such client")
     return client
@@ -54,9 +52,8 @@ def _client_context(session: SessionDep, client: Client) -> dict[str, Any]:
     return {
         "client": client,
         "contacts": clients.list_contacts(session, client_id=client.id),
-        "devices": session.scalars(select(Device).where(Device.client_id == client.id)).all(),
-        "incidents": session.scalars(select(Incident).where(Incident.client_id == client.id)
-                                     .order_by(Incident.opened_at.desc()).limit(20)).all(),
+        "devices": devices.list_devices(session, client_id=client.id, limit=100),
+        "incidents": incidents.for_client(session, client_id=client.id, limit=20),
         "has_access": access.has_access_info(session, client_id=client.id),
         "statuses": list(ClientStatus),
     }
@@ -98,7 +95,7 @@ def edit_client(request: Request, session: SessionDep, user: Admin, client_id: i
 
 @router.get("/ui/sms")
 def sms_page(request: Request, session: SessionDep, _user: Reader) -> Response:
-    rows = session.scalars(select(SmsMessage).order_by(SmsMessage.id.desc()).limit(200)).all()
+    rows = recent_messages(session, limit=200)
     return render(request, "sms.html", {"rows": rows})
 
 
@@ -121,7 +118,7 @@ def simulate_reply(request: Request, session: SessionDep, _user: Reader,
             handle_inbound(session, from_number=reply.from_number, to_number=OUTBOX_NUMBER, body=reply.body,
                            provider="outbox", provider_sid=None)
     if error is not None:
-        rows = session.scalars(select(SmsMessage).order_by(SmsMessage.id.desc()).limit(200)).all()
+        rows = recent_messages(session, limit=200)
         return render(request, "sms.html", {"rows": rows, "error": error}, status_code=code)
     target = back if back.startswith("/ui/") else "/ui/sms"
     return RedirectResponse(target, status_code=303)
@@ -144,7 +141,7 @@ def simulate_call(request: Request, session: SessionDep, _user: Reader,
             made = simulated.simulate_incoming(session, settings=settings, base=public_base(request),
                                                from_number=call.from_number)
             return RedirectResponse(f"/ui/incidents/{made.incident_id}", status_code=303)
-    rows = session.scalars(select(SmsMessage).order_by(SmsMessage.id.desc()).limit(200)).all()
+    rows = recent_messages(session, limit=200)
     return render(request, "sms.html", {"rows": rows, "error": error}, status_code=code)
 
 

@@ -11,32 +11,31 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, aliased
 
 from alarmcentre import clock
 from alarmcentre.api_deps import DEVICE_EDITORS, INCIDENT_ROLES, STAFF, SessionDep
-from alarmcentre.canary import CANARY_MODEL
 from alarmcentre.clients import service as clients
-from alarmcentre.clients.models import Client
-from alarmcentre.db import LIKE_ESCAPE, contains_pattern
 from alarmcentre.devices import service as devices
 from alarmcentre.devices.catalogue import spec_for
 from alarmcentre.devices.models import Device, DeviceStatus
+from alarmcentre.devices.publisher import save_and_publish_config
 from alarmcentre.devices.schemas import AssignIn, DevicePatch, SwapIn
-from alarmcentre.devices.views import save_and_publish_config
 from alarmcentre.schemas import MAX_ID
+from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
 from alarmcentre.web.auth import check_csrf, roles
 from alarmcentre.web.render import render, translate
 from alarmcentre.workorders import service as workorders
 from alarmcentre.workorders.models import WorkOrder, WorkOrderKind, WorkOrderStatus
 from alarmcentre.workorders.schemas import DoneIn, NoteIn, WorkOrderIn
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[User, Depends(roles(*STAFF))]
@@ -227,19 +226,9 @@ def _charts(request: Request, session: Session, device: Device) -> dict[str, Any
 def device_list(request: Request, session: SessionDep, _user: Reader, q: str = "", state: str = "") -> Response:
     text = _clean(q, 64)
     chosen = DeviceStatus(state) if state in {s.value for s in DeviceStatus} else None
-    # The canary is the centre's own test device, not stock to install or repair: its state is the
-    # banner's, not the inventory's (it showed here as "in repair").
-    query = (select(Device, Client).outerjoin(Client, Client.id == Device.client_id)
-             .where(Device.model != CANARY_MODEL).order_by(Device.serial).limit(LIST_LIMIT))
-    if chosen is not None:
-        query = query.where(Device.status == chosen)
-    if text:
-        query = query.where(or_(Device.serial.ilike(contains_pattern(text), escape=LIKE_ESCAPE),
-                                Client.full_name.ilike(contains_pattern(text), escape=LIKE_ESCAPE)))
-    rows = [{"device": device, "client": client, "programming": devices.config_state(device).value}
-            for device, client in session.execute(query).all()]
-    counts = dict(session.execute(select(Device.status, func.count()).where(Device.model != CANARY_MODEL)
-                                  .group_by(Device.status)).all())
+    rows = [{"device": row.device, "client": row.client, "programming": devices.config_state(row.device).value}
+            for row in devices.inventory(session, search=text, status=chosen, limit=LIST_LIMIT)]
+    counts = devices.inventory_counts(session)
     return render(request, "devices.html", {
         "rows": rows, "q": text, "state": chosen.value if chosen else "", "statuses": list(DeviceStatus),
         "counts": {s.value: counts.get(s, 0) for s in DeviceStatus}, "total": sum(counts.values()),
@@ -251,16 +240,7 @@ def _device(session: Session, serial: str, *, lock: bool = False) -> Device:
     device = devices.get_by_serial(session, serial)
     if device is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such device")
-    if lock:
-        # Two technicians acting on one device at once: the second sees what the first did.
-        session.refresh(device, with_for_update=True)
-    return device
-
-
-def _names(session: Session, client_ids: set[int]) -> dict[int, str]:
-    if not client_ids:
-        return {}
-    return dict(session.execute(select(Client.id, Client.full_name).where(Client.id.in_(client_ids))).all())
+    return devices.lock(session, device) if lock else device
 
 
 def _config_rows(session: Session, device: Device) -> list[dict[str, Any]]:
@@ -280,9 +260,9 @@ def _config_rows(session: Session, device: Device) -> list[dict[str, Any]]:
 def _device_context(request: Request, session: Session, device: Device, user: User, *,
                     form: dict[str, str] | None = None, errors: dict[str, str] | None = None,
                     client_q: str = "") -> dict[str, Any]:
-    client = session.get(Client, device.client_id) if device.client_id else None
+    client = clients.get_client(session, device.client_id) if device.client_id else None
     history = list(reversed(devices.assignments(session, device=device)))
-    names = _names(session, {a.client_id for a in history})
+    names = clients.client_names(session, (a.client_id for a in history))
     settings = settings_of(device.model)
     if form is None:
         values = {s.key: shown((device.desired_config or {}).get(s.key)) for s in settings}
@@ -303,17 +283,13 @@ def _device_context(request: Request, session: Session, device: Device, user: Us
         **_charts(request, session, device),
     }
     if editor:
-        context["orders"] = session.scalars(select(WorkOrder).where(WorkOrder.device_id == device.id)
-                                            .order_by(WorkOrder.created_at.desc(), WorkOrder.id.desc())
-                                            .limit(20)).all()
+        context["orders"] = workorders.orders_for_device(session, device_id=device.id, limit=20)
         if device.client_id is not None:
-            context["in_stock"] = session.scalars(
-                select(Device.serial).where(Device.status == DeviceStatus.IN_STOCK, Device.client_id.is_(None),
-                                            Device.id != device.id).order_by(Device.serial).limit(200)).all()
+            context["in_stock"] = devices.spare_serials(session, excluding=device.id, limit=200)
         if client_q:
             found = list(clients.list_clients(session, search=client_q, limit=20))
             wanted = _number(client_q)
-            by_id = session.get(Client, wanted) if wanted is not None else None
+            by_id = clients.get_client(session, wanted) if wanted is not None else None
             if by_id is not None and by_id not in found:
                 found.insert(0, by_id)
             context["client_results"] = found
@@ -419,7 +395,7 @@ def swap(request: Request, session: SessionDep, user: Editor, serial: str,
         replacement = devices.get_by_serial(session, body.replacement_serial)
         if replacement is None:
             raise LookupError(f"device {body.replacement_serial} not found")
-        session.refresh(replacement, with_for_update=True)
+        devices.lock(session, replacement)
         devices.swap_device(session, faulty=device, replacement=replacement, reason=body.reason,
                             actor=f"user:{user.username}")
         return f"/ui/devices/{replacement.serial}"
@@ -465,38 +441,25 @@ ORDER_FILTERS: dict[str, tuple[WorkOrderStatus, ...]] = {
 def order_list(request: Request, session: SessionDep, user: Editor, state: str = "active",
                mine: str = "") -> Response:
     state = state if state in ORDER_FILTERS else "active"
-    assignee = aliased(User)
-    query = (select(WorkOrder, Device.serial, Client.full_name, assignee.full_name, assignee.username)
-             .join(Device, Device.id == WorkOrder.device_id)
-             .outerjoin(Client, Client.id == WorkOrder.client_id)
-             .outerjoin(assignee, assignee.id == WorkOrder.assigned_to)
-             .where(WorkOrder.status.in_(ORDER_FILTERS[state])).limit(LIST_LIMIT))
-    # Work still to do: oldest first (a queue); finished work: the latest first.
-    if state in ("done", "all"):
-        query = query.order_by(WorkOrder.created_at.desc(), WorkOrder.id.desc())
-    else:
-        query = query.order_by(WorkOrder.created_at, WorkOrder.id)
-    if mine:
-        query = query.where(WorkOrder.assigned_to == user.id)
-    rows = [{"order": order, "serial": serial, "client": client_name, "assignee": full or username}
-            for order, serial, client_name, full, username in session.execute(query).all()]
+    rows = [{"order": row.order, "serial": row.serial, "client": row.client, "assignee": row.assignee}
+            for row in workorders.board(session, status=ORDER_FILTERS[state], assigned_to=user.id if mine else None,
+                                        newest_first=state in ("done", "all"), limit=LIST_LIMIT)]
     return render(request, "workorders.html", {"rows": rows, "state": state, "mine": bool(mine),
                                                "filters": list(ORDER_FILTERS), "limit": LIST_LIMIT})
 
 
 def _order(session: Session, order_id: int, *, lock: bool = False) -> WorkOrder:
-    order = session.get(WorkOrder, order_id, with_for_update=lock or None) if 0 < order_id <= MAX_ID else None
+    order = workorders.get_order(session, order_id, lock=lock)
     if order is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such work order")
     return order
 
 
 def _order_context(session: Session, order: WorkOrder, user: User) -> dict[str, Any]:
-    device = session.get(Device, order.device_id)
-    client = session.get(Client, order.client_id) if order.client_id else None
-    assignee = session.get(User, order.assigned_to) if order.assigned_to else None
-    technicians = session.scalars(select(User).where(User.active, User.role.in_((Role.TECHNICIAN, Role.ADMIN)))
-                                  .order_by(User.username)).all()
+    device = devices.get_device(session, order.device_id)
+    client = clients.get_client(session, order.client_id) if order.client_id else None
+    assignee = users.get_user(session, order.assigned_to) if order.assigned_to else None
+    technicians = users.active_users(session, roles=(Role.TECHNICIAN, Role.ADMIN))
     return {"order": order, "device": device, "client": client, "assignee": assignee,
             "notes": workorders.notes(session, order=order), "technicians": technicians,
             "mine": order.assigned_to == user.id, "done": order.status == WorkOrderStatus.DONE}
@@ -528,7 +491,7 @@ def assign_order(request: Request, session: SessionDep, user: Editor, order_id: 
         to: User | None = user
         if user_id.strip():
             wanted = _number(user_id)
-            to = session.get(User, wanted) if wanted is not None else None
+            to = users.get_user(session, wanted) if wanted is not None else None
             if to is None:
                 raise LookupError(f"user {user_id.strip()} not found")
         workorders.assign(session, order=order, to=to, by=user)

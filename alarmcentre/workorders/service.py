@@ -6,14 +6,17 @@ Functions take the session first and never commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from alarmcentre import clock
+from alarmcentre.clients.models import Client
 from alarmcentre.devices.models import Device
+from alarmcentre.schemas import MAX_ID
 from alarmcentre.users.models import Role, User
 from alarmcentre.workorders.models import WorkOrder, WorkOrderKind, WorkOrderNote, WorkOrderStatus
 
@@ -111,3 +114,46 @@ def list_orders(
     if assigned_to is not None:
         query = query.where(WorkOrder.assigned_to == assigned_to)
     return session.scalars(query).all()
+
+
+def get_order(session: Session, order_id: int, *, lock: bool = False) -> WorkOrder | None:
+    """The work order; with `lock`, held for the rest of the transaction."""
+    if not 0 < order_id <= MAX_ID:
+        return None
+    return session.get(WorkOrder, order_id, with_for_update=lock or None)
+
+
+def orders_for_device(session: Session, *, device_id: int, limit: int = 20) -> Sequence[WorkOrder]:
+    """A device's work orders, newest first."""
+    return session.scalars(select(WorkOrder).where(WorkOrder.device_id == device_id)
+                           .order_by(WorkOrder.created_at.desc(), WorkOrder.id.desc()).limit(limit)).all()
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    """One line of the technicians' list of work orders."""
+
+    order: WorkOrder
+    serial: str
+    client: str | None  # the client's name
+    assignee: str | None  # full name, else username
+
+
+def board(session: Session, *, status: Sequence[WorkOrderStatus], assigned_to: int | None = None,
+          newest_first: bool = False, limit: int = 300) -> list[BoardRow]:
+    """Work orders in these states with their device, client and assignee; the oldest first (a queue of
+    work still to do) unless `newest_first` (finished work)."""
+    assignee = aliased(User)
+    query = (select(WorkOrder, Device.serial, Client.full_name, assignee.full_name, assignee.username)
+             .join(Device, Device.id == WorkOrder.device_id)
+             .outerjoin(Client, Client.id == WorkOrder.client_id)
+             .outerjoin(assignee, assignee.id == WorkOrder.assigned_to)
+             .where(WorkOrder.status.in_(status)).limit(limit))
+    if newest_first:
+        query = query.order_by(WorkOrder.created_at.desc(), WorkOrder.id.desc())
+    else:
+        query = query.order_by(WorkOrder.created_at, WorkOrder.id)
+    if assigned_to is not None:
+        query = query.where(WorkOrder.assigned_to == assigned_to)
+    return [BoardRow(order, serial, client_name, full or username)
+            for order, serial, client_name, full, username in session.execute(query).all()]

@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY alarmcentre ./alarmcentre
 COPY devices ./devices
+COPY dashboard ./dashboard
 RUN pip install --no-cache-dir -e . && useradd --system --uid 10001 alarmcentre
 USER alarmcentre
 EXPOSE 8000 9101

@@ -47,11 +47,11 @@ def create_app(
     through `app.state.health.add(name, check)`."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from alarmcentre import web
+        import alarmcentre_dashboard as dashboard
 
-        await web.startup(app)
+        await dashboard.startup(app)
         yield
-        await web.shutdown(app)
+        await dashboard.shutdown(app)
 
     # FastAPIOffline: /docs and /redoc with their scripts served from the package, not a public CDN
     # (alarm centres often run on networks without internet, where /docs would be a blank page).
@@ -92,9 +92,10 @@ def create_app(
         _refresh_incident_gauges(session_factory)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    from alarmcentre import web  # the operator dashboard: pages, live feed, static files
+    # The operator console, a client of the same domain services (dashboard/): pages, live feed, static files.
+    import alarmcentre_dashboard as dashboard
 
-    web.install(app, settings=settings, session_factory=session_factory)
+    dashboard.install(app, settings=settings, session_factory=session_factory)
     return app
 
 

@@ -9,7 +9,7 @@ in docs/security.md ("Who may do what") is `markdown_table()` (the test compares
     python -m alarmcentre.permissions
 
 The role checks themselves stay where they are (`alarmcentre/api_deps.py` `require_roles`,
-`alarmcentre/web/auth.py` `roles`, and the rules of `alarmcentre/clients/access.py`); this module
+`dashboard/auth.py` `roles`, and the rules of `alarmcentre/clients/access.py`); this module
 is what they are checked against.
 """
 

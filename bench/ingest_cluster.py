@@ -61,7 +61,6 @@ from typing import Any
 
 import pika
 import psycopg
-from alarmcentre_sim.connection import BrokerAddress
 from sqlalchemy import func, select
 
 from alarmcentre.broker import rabbitmq
@@ -71,6 +70,7 @@ from alarmcentre.devices.models import Device, DeviceEvent
 from alarmcentre.incidents.models import Incident, IncidentKind
 from alarmcentre.ingest.amqp import QUEUES
 from alarmcentre.runtime import Database
+from alarmcentre_sim.connection import BrokerAddress
 from bench.brokers.cluster import RABBIT_BIN, RabbitCluster
 from tests.conftest import (
     POSTGRES_ADMIN_URL,

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
-from alarmcentre_sim.connection import BrokerAddress
-from alarmcentre_sim.fleet import Fleet
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,7 +38,9 @@ from alarmcentre.incidents.models import Incident, IncidentStatus
 from alarmcentre.runtime import Centre, Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.auth import SESSION_COOKIE
+from alarmcentre_dashboard.auth import SESSION_COOKIE
+from alarmcentre_sim.connection import BrokerAddress
+from alarmcentre_sim.fleet import Fleet
 from tests.conftest import free_port, missing_service, wait_for_port
 
 if TYPE_CHECKING:  # imported where used: without playwright these tests skip (or fail in CI), not error

@@ -24,8 +24,8 @@ from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.i18n import WEB_DIR, catalogue_path
-from alarmcentre.web.live import LiveFeed
+from alarmcentre_dashboard.i18n import WEB_DIR, catalogue_path
+from alarmcentre_dashboard.live import LiveFeed
 from tests.factories import Clock, make_client, make_device, message
 
 PASSWORD = "night-shift-1"
@@ -393,7 +393,7 @@ def test_waiting_alarms_are_listed_for_every_page(centre: tuple) -> None:
 
 
 def test_a_shared_rendering_is_made_once_per_change(sqlite_db: Database) -> None:
-    from alarmcentre.web.live import SharedRendering
+    from alarmcentre_dashboard.live import SharedRendering
 
     async def scenario() -> tuple[list[str], int]:
         feed = LiveFeed(sqlite_db.sessions, poll_s=60)

@@ -25,7 +25,7 @@ from alarmcentre.devices.models import Device
 from alarmcentre.dispatch.models import IncidentStep, PlanStep, SharedResource, SmsMessage
 from alarmcentre.municipalities.models import Municipality
 from alarmcentre.users.models import User
-from alarmcentre.web.i18n import catalogue_path
+from alarmcentre_dashboard.i18n import catalogue_path
 from tests.conftest import services_required
 from tests.factories import reply_code
 

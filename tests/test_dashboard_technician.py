@@ -20,8 +20,8 @@ from alarmcentre.devices.models import Device, DeviceAssignment, DeviceConfigVer
 from alarmcentre.ingest.processor import process_message
 from alarmcentre.runtime import Database
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.technician import step_line
 from alarmcentre.workorders.models import WorkOrder, WorkOrderNote, WorkOrderStatus
+from alarmcentre_dashboard.technician import step_line
 from tests.factories import make_client, make_device, message
 from tests.test_dashboard import PASSWORD_HASH, Browser
 

@@ -29,9 +29,6 @@ from typing import Any
 
 import httpx
 import pytest
-from alarmcentre_sim.connection import BrokerAddress
-from alarmcentre_sim.fleet import Fleet
-from alarmcentre_sim.stats import Stats
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Select, func, select
 
@@ -53,6 +50,9 @@ from alarmcentre.incidents.models import Incident, IncidentKind, IncidentStatus,
 from alarmcentre.runtime import Database
 from alarmcentre.users.models import Role
 from alarmcentre.users.service import create_user
+from alarmcentre_sim.connection import BrokerAddress
+from alarmcentre_sim.fleet import Fleet
+from alarmcentre_sim.stats import Stats
 from tests.conftest import (
     CentreProcess,
     MosquittoProcess,

@@ -14,10 +14,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_alarmcentre_package_is_listed() -> None:
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
     on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "alarmcentre").rglob("__init__.py")}
+    # The console lives in dashboard/ and installs as alarmcentre_dashboard (package-dir).
+    assert setuptools["package-dir"]["alarmcentre_dashboard"] == "dashboard"
+    on_disk |= {".".join(("alarmcentre_dashboard", *init.parent.relative_to(REPO / "dashboard").parts))
+                for init in (REPO / "dashboard").rglob("__init__.py")}
     assert on_disk - listed == set(), "add these to [tool.setuptools] packages"
-    assert "alarmcentre_sim" in listed
+    assert {"alarmcentre_sim", "alarmcentre_dashboard"} <= listed
 
 
 def test_the_built_wheel_holds_everything_and_runs(tmp_path: Path) -> None:
@@ -43,13 +48,15 @@ def test_the_built_wheel_holds_everything_and_runs(tmp_path: Path) -> None:
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     page = run([sys.executable, "-c", _SERVE_LOGIN_PAGE])
     assert page.returncode == 0, page.stderr[-3000:]
-    origin, latvian, english, style = page.stdout.split("\n")[:4]
+    origin, console, latvian, english, style = page.stdout.split("\n")[:5]
     assert origin.startswith(str(site)), f"imported from {origin}, not from the wheel"
+    assert console.startswith(str(site)), f"dashboard imported from {console}, not from the wheel"
     assert latvian == "200 Pieslēgties" and english == "200 Log in" and style == "200", page.stdout
 
 
 _SERVE_LOGIN_PAGE = """
 import alarmcentre
+import alarmcentre_dashboard
 from fastapi.testclient import TestClient
 from alarmcentre.app import create_app
 from alarmcentre.config import Settings
@@ -58,6 +65,7 @@ settings = Settings()
 db = Database.open(settings)
 client = TestClient(create_app(settings=settings, session_factory=db.sessions))
 print(alarmcentre.__file__)
+print(alarmcentre_dashboard.__file__)
 for language in ("lv", "en"):
     client.cookies.set("ac_lang", language)
     page = client.get("/login")

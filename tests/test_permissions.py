@@ -55,9 +55,9 @@ from alarmcentre.runtime import Database
 from alarmcentre.tasks.models import OperatorTask, TaskKind
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.auth import SESSION_COOKIE, csrf_token
 from alarmcentre.workorders import service as workorders
 from alarmcentre.workorders.models import WorkOrderKind
+from alarmcentre_dashboard.auth import SESSION_COOKIE, csrf_token
 from tests.factories import make_client, make_device
 from tests.test_dashboard import PASSWORD, PASSWORD_HASH, Browser
 

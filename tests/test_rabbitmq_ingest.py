@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from alarmcentre_sim.connection import BrokerAddress
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
@@ -35,6 +34,7 @@ from alarmcentre.incidents.models import Incident
 from alarmcentre.ingest.amqp import ALARMS_QUEUE, BULK_QUEUE, AmqpIngest
 from alarmcentre.ingest.protocol import alarms_topic, config_topic, events_topic, status_topic
 from alarmcentre.runtime import Database
+from alarmcentre_sim.connection import BrokerAddress
 from tests.conftest import CentreProcess, PostgresCluster, free_port, ingest_subscribed, migrated_database, wait_until
 from tests.factories import count_rows as count
 from tests.factories import event_payload, setup_devices

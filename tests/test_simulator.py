@@ -28,11 +28,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from alarmcentre_sim.connection import BrokerAddress, SimulatorError, serials
-from alarmcentre_sim.device import check_config
-from alarmcentre_sim.fleet import Fleet
-from alarmcentre_sim.scenario import ScenarioError, parse_scenario, run_scenario
-from alarmcentre_sim.stats import Console, RateLimiter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +37,11 @@ from alarmcentre.ingest.protocol import (
     config_topic,
     parse_message,
 )
+from alarmcentre_sim.connection import BrokerAddress, SimulatorError, serials
+from alarmcentre_sim.device import check_config
+from alarmcentre_sim.fleet import Fleet
+from alarmcentre_sim.scenario import ScenarioError, parse_scenario, run_scenario
+from alarmcentre_sim.stats import Console, RateLimiter
 
 MOSQUITTO = os.environ.get("ALARMCENTRE_TEST_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent

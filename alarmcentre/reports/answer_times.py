@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from alarmcentre import clock
 from alarmcentre.clients.models import Client
 from alarmcentre.incidents.models import ALARM_KINDS, Incident
 from alarmcentre.municipalities.models import Municipality
@@ -27,6 +28,7 @@ from alarmcentre.visits.service import csv_cell
 from alarmcentre.voice.models import CallPurpose, VoiceCall
 
 NO_MUNICIPALITY = "—"  # unknown callers and unassigned devices
+MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"  # how a month is asked for: YYYY-MM
 
 
 @dataclass
@@ -73,6 +75,17 @@ class Report:
     limit_s: int
     rows: list[Figures]
     total: Figures
+
+
+def month_of(text: str | None, zone: ZoneInfo) -> date:
+    """The first day of the month asked for ("YYYY-MM", MONTH_PATTERN), or of this month in `zone`.
+    ValueError for a year outside 2000-2100."""
+    if not text:
+        return clock.now().astimezone(zone).date().replace(day=1)
+    year, month = (int(part) for part in text.split("-"))
+    if not 2000 <= year <= 2100:
+        raise ValueError("a year between 2000 and 2100")
+    return date(year, month, 1)
 
 
 def month_bounds(month: date, zone: ZoneInfo) -> tuple[datetime, datetime]:

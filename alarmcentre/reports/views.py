@@ -9,14 +9,13 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 
-from alarmcentre import clock
 from alarmcentre.api_deps import SessionDep, require_roles
-from alarmcentre.reports.answer_times import answer_times, report_csv
+from alarmcentre.reports.answer_times import MONTH_PATTERN, answer_times, month_of, report_csv
 from alarmcentre.users.models import Role, User
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 Supervising = Annotated[User, Depends(require_roles(Role.SUPERVISOR, Role.ADMIN))]
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM; default this month")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN, description="YYYY-MM; default this month")]
 
 
 class FiguresOut(BaseModel):
@@ -47,13 +46,10 @@ class AnswerTimesOut(BaseModel):
 
 
 def parse_month(text: str | None, zone: ZoneInfo) -> date:
-    if not text:
-        today = clock.now().astimezone(zone).date()
-        return today.replace(day=1)
-    year, month = (int(part) for part in text.split("-"))
-    if not 2000 <= year <= 2100:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="month: a year between 2000 and 2100")
-    return date(year, month, 1)
+    try:
+        return month_of(text, zone)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"month: {exc}") from exc
 
 
 @router.get("/answer-times", response_model=AnswerTimesOut,

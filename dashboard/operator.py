@@ -30,8 +30,8 @@ from alarmcentre.visits import service as visits
 from alarmcentre.voice import service as voice
 from alarmcentre.voice import simulated
 from alarmcentre.voice.provider import public_base, voice_provider
-from alarmcentre.web.auth import check_csrf, roles
-from alarmcentre.web.render import SECURITY_HEADERS, render, render_text, request_language, translate
+from alarmcentre_dashboard.auth import check_csrf, roles
+from alarmcentre_dashboard.render import SECURITY_HEADERS, render, render_text, request_language, translate
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -23,8 +23,8 @@ from alarmcentre.users.models import Role, User
 from alarmcentre.voice import simulated
 from alarmcentre.voice.provider import public_base
 from alarmcentre.voice.schemas import SimulatedCallIn
-from alarmcentre.web.auth import check_csrf, roles
-from alarmcentre.web.render import render, translate
+from alarmcentre_dashboard.auth import check_csrf, roles
+from alarmcentre_dashboard.render import render, translate
 
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[User, Depends(roles(*INCIDENT_ROLES))]

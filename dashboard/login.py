@@ -14,7 +14,7 @@ from alarmcentre.api_deps import SessionDep, client_address
 from alarmcentre.clients.models import Language
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role
-from alarmcentre.web.auth import (
+from alarmcentre_dashboard.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     WebUser,
@@ -23,8 +23,8 @@ from alarmcentre.web.auth import (
     new_login_nonce,
     user_from_cookie,
 )
-from alarmcentre.web.i18n import UI_LANGUAGES, ui_language
-from alarmcentre.web.render import LANGUAGE_COOKIE, render, translate
+from alarmcentre_dashboard.i18n import UI_LANGUAGES, ui_language
+from alarmcentre_dashboard.render import LANGUAGE_COOKIE, render, translate
 
 router = APIRouter(include_in_schema=False)
 

@@ -5,24 +5,28 @@ from __future__ import annotations
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import Response
 
 from alarmcentre.api_deps import SessionDep
-from alarmcentre.reports.answer_times import answer_times, report_csv
-from alarmcentre.reports.views import Month, parse_month
+from alarmcentre.reports.answer_times import MONTH_PATTERN, answer_times, month_of, report_csv
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.auth import roles
-from alarmcentre.web.render import render
+from alarmcentre_dashboard.auth import roles
+from alarmcentre_dashboard.render import render
 
 router = APIRouter(include_in_schema=False)
 Supervising = Annotated[User, Depends(roles(Role.SUPERVISOR, Role.ADMIN))]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 
 def _report(request: Request, session: SessionDep, month: str | None) -> object:
     settings = request.app.state.settings
     zone = ZoneInfo(settings.local_timezone)
-    return answer_times(session, month=parse_month(month, zone), zone=zone, target_s=settings.answer_target_s,
+    try:
+        first = month_of(month, zone)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"month: {exc}") from exc
+    return answer_times(session, month=first, zone=zone, target_s=settings.answer_target_s,
                         limit_s=settings.answer_limit_s)
 
 
@@ -33,7 +37,7 @@ def answer_times_page(request: Request, session: SessionDep, _user: Supervising,
 
 @router.get("/ui/reports/answer-times.csv")
 def answer_times_csv(request: Request, session: SessionDep, _user: Supervising,
-                     month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None) -> Response:
+                     month: Month = None) -> Response:
     report = _report(request, session, month)
     return Response(report_csv(report), media_type="text/csv; charset=utf-8",  # type: ignore[arg-type]
                     headers={"Content-Disposition":

@@ -19,11 +19,11 @@ from alarmcentre.canary import CanaryWatch
 from alarmcentre.clients.access import AccessCipher
 from alarmcentre.config import Settings
 from alarmcentre.users.models import Role
-from alarmcentre.web import login, operator, records, reports, technician
-from alarmcentre.web.auth import BadCsrf, LoginRequired, NotAllowed, user_from_cookie
-from alarmcentre.web.i18n import WEB_DIR
-from alarmcentre.web.live import LiveFeed, SharedRendering, event_stream
-from alarmcentre.web.render import render
+from alarmcentre_dashboard import login, operator, records, reports, technician
+from alarmcentre_dashboard.auth import BadCsrf, LoginRequired, NotAllowed, user_from_cookie
+from alarmcentre_dashboard.i18n import WEB_DIR
+from alarmcentre_dashboard.live import LiveFeed, SharedRendering, event_stream
+from alarmcentre_dashboard.render import render
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker

@@ -11,8 +11,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from alarmcentre import clock
-from alarmcentre.web.i18n import environment, translations, ui_language
-from alarmcentre.web.labels import label
+from alarmcentre_dashboard.i18n import environment, translations, ui_language
+from alarmcentre_dashboard.labels import label
 
 LANGUAGE_COOKIE = "ac_lang"  # the login page's language, before anyone is logged in
 SECURITY_HEADERS = {

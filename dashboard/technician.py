@@ -28,11 +28,11 @@ from alarmcentre.devices.schemas import AssignIn, DevicePatch, SwapIn
 from alarmcentre.schemas import MAX_ID
 from alarmcentre.users import service as users
 from alarmcentre.users.models import Role, User
-from alarmcentre.web.auth import check_csrf, roles
-from alarmcentre.web.render import render, translate
 from alarmcentre.workorders import service as workorders
 from alarmcentre.workorders.models import WorkOrder, WorkOrderKind, WorkOrderStatus
 from alarmcentre.workorders.schemas import DoneIn, NoteIn, WorkOrderIn
+from alarmcentre_dashboard.auth import check_csrf, roles
+from alarmcentre_dashboard.render import render, translate
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

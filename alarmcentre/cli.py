@@ -139,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--embedded", action="store_true",
                            help="also let the device log in to the embedded broker of `alarmcentre up` "
                            "(stored in DATA_DIR/broker/credentials.json; applies at the next start)")
+    revoke = devices_sub.add_parser(
+        "revoke", help="shut a lost or stolen device out of the broker: remove its login (Mosquitto's password "
+        "file, a RabbitMQ definitions file, the embedded broker's logins)")
+    _common(revoke)
+    revoke.add_argument("serial", help="the device's serial (its broker username)")
+    revoke.add_argument("--password-file", default="config/mosquitto/passwords",
+                        help="Mosquitto password_file to remove the login from (default config/mosquitto/passwords)")
+    revoke.add_argument("--rabbitmq-definitions", metavar="FILE",
+                        help="a RabbitMQ cluster instead of Mosquitto: remove the login from this definitions file")
+    revoke.add_argument("--embedded", action="store_true",
+                        help="also remove it from the embedded broker's logins (DATA_DIR/broker/credentials.json; "
+                        "applies at the next start of `alarmcentre up`)")
     rabbit = sub.add_parser(
         "rabbitmq-definitions", help="write the centre's part of a RabbitMQ cluster into a definitions file: its "
         "replicated queues, their bindings, the device subscription policy and the centre's login (docs/brokers.md)")
@@ -425,6 +437,8 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     """`devices provision`: the password is printed once and stored only hashed (except --embedded)."""
     if args.devices_command == "dc09":
         return _cmd_devices_dc09(args, settings)
+    if args.devices_command == "revoke":
+        return _cmd_devices_revoke(args, settings)
     import json
 
     from alarmcentre.broker import provision
@@ -502,6 +516,50 @@ def _cmd_rabbitmq_definitions(args: argparse.Namespace, _settings: Settings) -> 
         print(f"password: {password}")
         print("The password is shown only this once: put it in ALARMCENTRE_INGEST_URL and ALARMCENTRE_MQTT_URL.")
     print(f"Apply it: rabbitmqctl import_definitions {path} (or load_definitions in rabbitmq.conf)")
+    return 0
+
+
+def _cmd_devices_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    """`devices revoke`: no database needed (it must work while the centre is in trouble); the device's
+    record and history stay, so its incidents keep their device."""
+    import json
+
+    from alarmcentre.broker import provision, rabbitmq
+    from alarmcentre.broker.acl import CENTRE_USER
+    from alarmcentre.runtime import BrokerCredentials
+
+    serial = args.serial
+    if serial == CENTRE_USER or serial.lower().startswith(provision.RESERVED_PREFIX):
+        raise _UsageError(f"{serial!r} is one of the centre's own logins, not a device's")
+    removed: list[str] = []
+    if args.rabbitmq_definitions:
+        path = Path(args.rabbitmq_definitions)
+        try:
+            definitions = rabbitmq.load(path)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"{path}: not a definitions file: {exc}") from exc
+        if rabbitmq.remove_login(definitions, serial):
+            rabbitmq.save(path, definitions)
+            removed.append(str(path))
+    elif provision.remove_password(Path(args.password_file), serial):
+        removed.append(args.password_file)
+    if args.embedded:
+        path = BrokerCredentials.path(settings.data_dir)
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        if passwords.pop(serial, None) is not None:
+            path.write_text(json.dumps(passwords))
+            path.chmod(0o600)
+            removed.append(str(path))
+    if not removed:
+        print(f"device {serial}: no broker login found; nothing changed", file=sys.stderr)
+        return 1
+    print(f"device {serial}: broker login removed from {', '.join(removed)}")
+    if args.rabbitmq_definitions:
+        print(f"Apply it on the cluster: rabbitmqctl delete_user {serial} (importing the file removes nothing).")
+    if args.password_file in removed and not args.rabbitmq_definitions:
+        print("Reload Mosquitto (SIGHUP): it disconnects the device at once and refuses it from then on.")
+    print("Its messages still count until the device is retired: PATCH /api/v1/devices/"
+          f"{serial} {{\"status\": \"retired\"}} (or on its page in the dashboard).")
     return 0
 
 

@@ -7,6 +7,9 @@ Against the shipped config/mosquitto/ (both listeners, logins, ACLs and limits) 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -188,3 +191,60 @@ def test_serials_that_could_be_the_centres_client_ids_are_refused(serial: str) -
 
     with pytest.raises(ProvisionError, match="reserved"):
         check_serial(serial)
+
+
+def _revoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "alarmcentre.cli", "devices", "revoke", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_revoked_device_is_disconnected_at_the_reload_and_refused_while_the_others_stay(
+    sealed_mosquitto: SealedMosquitto,
+) -> None:
+    """A stolen device shut out with `devices revoke` and a SIGHUP: measured on Mosquitto 2.0.11, the
+    reload drops its connection at once and refuses it after; the other devices and the centre's
+    connection are not touched, and a press of another device still arrives."""
+    broker = sealed_mosquitto
+    heard: list[str] = []
+    centre, code = connect(broker.centre_port, "alarmcentre", broker.centre_password, client_id="alarmcentre-watch")
+    assert not code.is_failure, code
+    centre.on_message = lambda _c, _u, message: heard.append(message.topic)
+    centre.subscribe(events_topic("+"), qos=1)
+    stolen, code = connect(broker.device_port, "HOSTILE-1", broker.device_passwords["HOSTILE-1"],
+                           client_id="HOSTILE-1")
+    assert not code.is_failure, code
+    dropped = threading.Event()
+    stolen.on_disconnect = lambda *_args: dropped.set()
+    neighbour, code = connect(broker.device_port, "SEAL-1", broker.device_passwords["SEAL-1"], client_id="SEAL-1")
+    assert not code.is_failure, code
+    neighbour_dropped = threading.Event()
+    neighbour.on_disconnect = lambda *_args: neighbour_dropped.set()
+
+    passwords = broker.process.conf.parent / "passwords"
+    run = _revoke("HOSTILE-1", "--password-file", str(passwords))
+    assert run.returncode == 0, run.stderr
+    assert "broker login removed" in run.stdout and "SIGHUP" in run.stdout
+    assert "HOSTILE-1:" not in passwords.read_text() and "SEAL-1:" in passwords.read_text()
+    assert not dropped.is_set(), "the file alone changes nothing until Mosquitto reloads it"
+
+    broker.process.process.send_signal(signal.SIGHUP)
+    assert dropped.wait(5), "the revoked device is still connected after the reload"
+    stolen.loop_stop()
+    again, code = connect(broker.device_port, "HOSTILE-1", broker.device_passwords["HOSTILE-1"],
+                          client_id="HOSTILE-1")
+    assert code.is_failure, f"the revoked login connected again: {code}"
+    again.loop_stop()
+
+    info = neighbour.publish(events_topic("SEAL-1"), event_payload(1, "button_press"), qos=1)
+    info.wait_for_publish(10)
+    assert info.is_published()
+    wait_until(lambda: events_topic("SEAL-1") in heard, timeout=10,
+               explain=lambda: "the centre did not hear the neighbour")
+    assert not neighbour_dropped.is_set(), "the reload dropped a device that was not revoked"
+    close(neighbour)
+    close(centre)
+
+    nothing = _revoke("HOSTILE-1", "--password-file", str(passwords))
+    assert nothing.returncode == 1 and "nothing changed" in nothing.stderr
+    centre_login = _revoke("alarmcentre", "--password-file", str(passwords))
+    assert centre_login.returncode != 0 and "centre's own" in centre_login.stderr

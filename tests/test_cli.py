@@ -169,3 +169,21 @@ def test_production_refuses_settings_that_are_only_safe_for_a_demo(tmp_path: Pat
     default_pw = safe.model_copy(update={"database_url": "postgresql://alarmcentre:alarmcentre@db/alarmcentre"})
     assert any("default" in p for p in default_pw.production_problems(command="api"))
     assert Settings(env="development").production_problems(command="demo") == []
+
+
+def test_revoking_a_device_removes_its_login_from_the_password_file_and_the_embedded_broker(tmp_path: Path) -> None:
+    import json
+
+    data, passwords = tmp_path / "data", tmp_path / "passwords"
+    for serial in ("LOST-1", "KEPT-1"):
+        made = cli("devices", "provision", serial, "--embedded", "--data-dir", str(data),
+                   "--password-file", str(passwords), "--acl-file", str(tmp_path / "acl"))
+        assert made.returncode == 0, made.stderr
+    revoked = cli("devices", "revoke", "LOST-1", "--embedded", "--data-dir", str(data),
+                  "--password-file", str(passwords))
+    assert revoked.returncode == 0, revoked.stderr
+    assert "SIGHUP" in revoked.stdout and "retired" in revoked.stdout
+    assert [line.split(":")[0] for line in passwords.read_text().splitlines()] == ["KEPT-1"]
+    logins = json.loads((data / "broker" / "credentials.json").read_text())
+    assert "LOST-1" not in logins and "KEPT-1" in logins
+    assert (passwords.stat().st_mode & 0o077) == 0, "the password file must stay owner-only"

@@ -9,7 +9,11 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from alarmcentre.broker import rabbitmq
 from alarmcentre.broker.acl import CENTRE_USER
@@ -71,3 +75,26 @@ def test_loading_keeps_other_entries_and_brings_the_centres_own_up_to_date(tmp_p
     assert sum(1 for p in loaded["permissions"] if p["user"] == "DEV-1") == 1, "replaced, not added"
     rabbitmq.save(path, loaded)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_revoking_a_device_removes_its_login_and_permissions_and_nothing_else(tmp_path: Path) -> None:
+    definitions = rabbitmq.empty()
+    rabbitmq.set_login(definitions, CENTRE_USER, "centre-pw")
+    for serial in ("LOST-1", "KEPT-1"):
+        rabbitmq.set_login(definitions, serial, f"pw-{serial}")
+    assert rabbitmq.remove_login(definitions, "LOST-1") is True
+    for key, field in (("users", "name"), ("permissions", "user"), ("topic_permissions", "user")):
+        names = {entry[field] for entry in definitions[key]}
+        assert "LOST-1" not in names and "KEPT-1" in names, key
+    assert {user["name"] for user in definitions["users"]} == {CENTRE_USER, "KEPT-1"}
+    assert rabbitmq.remove_login(definitions, "LOST-1") is False
+    with pytest.raises(ValueError):
+        rabbitmq.remove_login(definitions, CENTRE_USER)
+
+    path = tmp_path / "definitions.json"
+    rabbitmq.save(path, definitions)
+    run = subprocess.run([sys.executable, "-m", "alarmcentre.cli", "devices", "revoke", "KEPT-1",
+                          "--rabbitmq-definitions", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "rabbitmqctl delete_user KEPT-1" in run.stdout
+    assert {user["name"] for user in json.loads(path.read_text())["users"]} == {CENTRE_USER}

@@ -54,6 +54,19 @@ def set_password(path: Path, username: str, password: str) -> bool:
     return is_new
 
 
+def remove_password(path: Path, username: str) -> bool:
+    """Take `username` out of a Mosquitto password file; True if it was there. Written atomically.
+    Mosquitto applies it at its next reload (SIGHUP), and then disconnects that login at once."""
+    if not path.exists():
+        return False
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.split(":", 1)[0] != username]
+    if len(kept) == len(lines):
+        return False
+    _write_private(path, "\n".join(kept) + ("\n" if kept else ""))
+    return True
+
+
 def ensure_acl(path: Path) -> list[str]:
     """Create the ACL, or add the per-device pattern lines it lacks; returns the lines added.
 

@@ -85,6 +85,18 @@ def set_login(definitions: dict[str, Any], username: str, password: str) -> bool
     return is_new
 
 
+def remove_login(definitions: dict[str, Any], username: str) -> bool:
+    """Take a device's login and its permissions out of the definitions; True if it was there. An import
+    of the file removes nothing on the cluster: `rabbitmqctl delete_user` does."""
+    if username == CENTRE_USER:
+        raise ValueError("the centre's own login is not a device's")
+    found = any(user["name"] == username for user in definitions["users"])
+    for key in ("users", "permissions", "topic_permissions"):
+        field = "name" if key == "users" else "user"
+        definitions[key] = [entry for entry in definitions[key] if entry.get(field) != username]
+    return found
+
+
 def load(path: Path) -> dict[str, Any]:
     """The file's definitions, with the centre's topology in it whatever the file had."""
     definitions = json.loads(path.read_text()) if path.exists() else empty()

@@ -578,6 +578,10 @@ def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
         cipher = load_cipher(settings)
     except (OSError, ValueError, AccessKeyError) as exc:
         raise _UsageError(str(exc)) from exc
+    if key is None and not settings.dc09_unencrypted_allowed:
+        raise _UsageError("an account without a key is refused here (its frames could be forged by anyone who knows "
+                          "the account number): give --key-file, or set ALARMCENTRE_DC09_ALLOW_UNENCRYPTED=true "
+                          "for panels that cannot encrypt")
     db = Database.open(settings)
     try:
         with transaction(db.sessions, writes=True) as session:

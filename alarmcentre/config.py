@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     dc09_port: int = Field(DC09_PORT, ge=0, le=65535,
                            description="DC-09 receiver port, TCP and UDP (0: a free one); `up` takes a free one "
                            "when this one is taken")
+    dc09_allow_unencrypted: bool | None = Field(
+        None, description="take frames of DC-09 accounts that have no AES key (anyone who knows the account number "
+        "can forge them); unset: yes, except under ALARMCENTRE_ENV=production")
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -151,6 +154,12 @@ class Settings(BaseSettings):
         if not self.secure_cookies:
             problems.append("ALARMCENTRE_SECURE_COOKIES is off: dashboard sessions would travel without TLS")
         return problems
+
+    @property
+    def dc09_unencrypted_allowed(self) -> bool:
+        if self.dc09_allow_unencrypted is not None:
+            return self.dc09_allow_unencrypted
+        return self.env != "production"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
@@ -356,3 +360,33 @@ def test_account_key_is_stored_encrypted(sqlite_centre: Centre) -> None:
     with transaction(sqlite_centre.db.sessions) as session, pytest.raises(ValueError, match="belongs to"):
         other = make_device(session, "PANEL-14")
         set_account(session, device=other, account="ABC123", key=None, cipher=sqlite_centre.cipher)
+
+
+def test_an_account_without_a_key_is_refused_in_production_unless_allowed(sqlite_db: Database) -> None:
+    """Under ALARMCENTRE_ENV=production a keyless account's frames are refused (DUH and a dead letter): anyone
+    who knows the number could send them. ALARMCENTRE_DC09_ALLOW_UNENCRYPTED=true takes them, for old panels."""
+    cipher = MultiFernet([Fernet(Fernet.generate_key())])
+    for allow, expected in ((None, "DUH"), (True, "ACK")):
+        settings = Settings(env="production", dc09_allow_unencrypted=allow)
+        server = BackgroundDc09Server(Dc09Receiver(sqlite_db.sessions, settings=settings, cipher=lambda: cipher),
+                                      host="127.0.0.1", port=0).start()
+        try:
+            centre = Centre(sqlite_db, server, cipher)
+            serial, account = ("PANEL-P1", "E001") if allow is None else ("PANEL-P2", "E002")
+            centre.add_panel(serial, account)
+            panel = Connection(centre.port)
+            panel.send(frame("SIA-DCS", 1, account, f"#{account}|Nri1/MA1", at=clock.now()))
+            answer = panel.answer()
+            panel.close()
+        finally:
+            server.stop()
+        assert answer is not None and answer.kind == expected, (allow, answer)
+    assert [(d.reason, d.topic) for d in centre.dead_letters()] == [("dc09_account_without_key", "dc09/E001")]
+    assert count_rows(sqlite_db, Incident) == 1  # PANEL-P2's alarm, taken because it was allowed
+
+
+def test_the_cli_refuses_an_account_without_a_key_in_production(tmp_path: Path) -> None:
+    env = {**os.environ, "ALARMCENTRE_ENV": "production", "ALARMCENTRE_DATA_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "alarmcentre.cli", "devices", "dc09", "PANEL-9", "--account", "1234"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode != 0 and "without a key is refused" in run.stderr, run

@@ -58,6 +58,7 @@ class Dc09Refusal:
     UNKNOWN_ACCOUNT = "dc09_unknown_account"
     DECRYPT_FAILED = "dc09_decrypt_failed"
     NOT_ENCRYPTED = "dc09_not_encrypted"  # plain frame for an account with a key: anyone could have sent it
+    NO_KEY = "dc09_account_without_key"  # an account with no key where those are not allowed (production)
     STALE_TIMESTAMP = "dc09_stale_timestamp"
     NOT_UNDERSTOOD = "dc09_not_understood"
     EVENT_REFUSED = "dc09_event_refused"
@@ -154,6 +155,11 @@ class Dc09Receiver:
             self._refuse(raw, frame.account, None, Dc09Refusal.UNKNOWN_ACCOUNT,
                          f"no device has DC-09 account {frame.account}", now)
             return wire.duh(frame), ("duh", Dc09Refusal.UNKNOWN_ACCOUNT)
+        if account.key is None and account.key_error is None and not self._settings.dc09_unencrypted_allowed:
+            self._refuse(raw, frame.account, account.serial, Dc09Refusal.NO_KEY,
+                         "the account has no AES key, and unencrypted accounts are not allowed here "
+                         "(give it one: alarmcentre devices dc09 SERIAL --account ... --key-file ...)", now)
+            return wire.duh(frame), ("duh", Dc09Refusal.NO_KEY)
         if account.key is not None and not frame.encrypted:
             self._refuse(raw, frame.account, account.serial, Dc09Refusal.NOT_ENCRYPTED,
                          "the account has a key, the frame was not encrypted", now)

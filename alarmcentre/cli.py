@@ -224,10 +224,14 @@ class _UsageError(Exception):
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.demo import NotADemoDatabase
     from alarmcentre.runtime import run_all_in_one
 
-    return run_all_in_one(settings, demo=args.command == "demo",
-                          demo_devices=getattr(args, "devices", 0), press_rate=getattr(args, "press_rate", 0.0))
+    try:
+        return run_all_in_one(settings, demo=args.command == "demo",
+                              demo_devices=getattr(args, "devices", 0), press_rate=getattr(args, "press_rate", 0.0))
+    except NotADemoDatabase as exc:
+        raise _UsageError(str(exc)) from exc
 
 
 def _cmd_api(_args: argparse.Namespace, settings: Settings) -> int:

@@ -40,10 +40,29 @@ def demo_serial(index: int) -> str:
     return f"DEMO-{index:04d}"
 
 
+class NotADemoDatabase(RuntimeError):
+    """The database holds clients the demo did not make: seeding known passwords into it would open it."""
+
+
+def check_demo_database(session: Session) -> None:
+    """A database the demo may seed: one without clients, or one the demo seeded before (its admin
+    login with the demo's password is the mark). Anything else may hold real people."""
+    if session.scalar(select(Client.id).limit(1)) is None:
+        return
+    username, password, _role = next(user for user in DEMO_USERS if user[2] == Role.ADMIN)
+    if users.authenticate(session, username=username, password=password) is None:
+        raise NotADemoDatabase(
+            "this database holds clients that the demo did not make, and `alarmcentre demo` would add staff "
+            "logins with published passwords to it: run `alarmcentre up` on it, or the demo on a database of its "
+            "own (another ALARMCENTRE_DATA_DIR or ALARMCENTRE_DATABASE_URL)")
+
+
 def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: MultiFernet | None = None) -> list[str]:
     """Create what is missing (safe to run at every start); returns the device serials.
-    With `access_cipher`, new demo clients get door and key-safe codes to reveal."""
+    With `access_cipher`, new demo clients get door and key-safe codes to reveal.
+    NotADemoDatabase, with nothing written, for a database that may hold real people."""
     with transaction(factory) as session:
+        check_demo_database(session)
         for username, password, role in DEMO_USERS:
             if session.scalar(select(User).where(User.username == username)) is None:
                 user = users.create_user(session, username=username, password=password, role=role,

@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "between its attempts), from every address")
     _common(unlock)
     unlock.add_argument("username")
+    disable = users_sub.add_parser("disable", help="a member of staff who left: the login stops working and every "
+                                   "session and API token of it ends at once")
+    _common(disable)
+    disable.add_argument("username")
+    enable = users_sub.add_parser("enable", help="let a disabled login log in again")
+    _common(enable)
+    enable.add_argument("username")
+    password = users_sub.add_parser("set-password", help="a new password (from --password-stdin or a prompt); the "
+                                    "login's open sessions end")
+    _common(password)
+    password.add_argument("username")
+    password.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     sub.add_parser("access-key", help="print a new key for door and key-safe codes (ALARMCENTRE_ACCESS_KEY)")
     keys = sub.add_parser("keys", help="the key of door and key-safe codes")
@@ -118,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "create-key", help="create an API key of role integration (X-Api-Key); printed once, stored hashed")
     _common(create_key)
     create_key.add_argument("name", help="whose key, e.g. the home-care service's name")
+    revoke_key = integration_sub.add_parser("revoke-key", help="stop a key at once (a leaked key, a system retired)")
+    _common(revoke_key)
+    revoke_key.add_argument("name", help="the name the key was created with")
 
     devices = sub.add_parser("devices", help="device broker logins")
     devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
@@ -328,6 +343,17 @@ def _cmd_db(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise _UsageError("the passwords differ")
+        return password
+    raise _UsageError("no terminal to ask the password on: use --password-stdin")
+
+
 def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.db import transaction
     from alarmcentre.runtime import Database
@@ -339,14 +365,9 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
             cleared = service.clear_throttles(session, username=args.username)
         print(f"{args.username}: {cleared} login throttle(s) cleared")
         return 0
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise _UsageError("the passwords differ")
-    else:
-        raise _UsageError("no terminal to ask the password on: use --password-stdin")
+    if args.users_command in ("disable", "enable", "set-password"):
+        return _change_user(args, settings)
+    password = _read_password(args)
     db = Database.open(settings)
     try:
         with transaction(db.sessions) as session:
@@ -355,6 +376,36 @@ def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"created {user.role} {user.username}")
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
+    return 0
+
+
+def _change_user(args: argparse.Namespace, settings: Settings) -> int:
+    """`users disable|enable|set-password USERNAME`: effective at once in every process (sessions are rows)."""
+    from alarmcentre.db import transaction
+    from alarmcentre.incidents import service as incidents
+    from alarmcentre.runtime import Database
+    from alarmcentre.users import service
+
+    password = _read_password(args) if args.users_command == "set-password" else None
+    db = Database.open(settings)
+    try:
+        with transaction(db.sessions, writes=True) as session:
+            user = service.find_user(session, args.username)
+            if user is None:
+                raise _UsageError(f"no user {args.username!r}")
+            if password is not None:
+                ended = service.set_password(session, user=user, password=password)
+                print(f"{user.username}: password changed; {ended} open session(s) ended")
+            else:
+                ended = service.set_active(session, user=user, active=args.users_command == "enable")
+                owned = incidents.count_owned_open(session, user_id=user.id)
+                print(f"{user.username}: {'enabled' if user.active else f'disabled; {ended} open session(s) ended'}"
+                      + (f"; owns {owned} open incident(s): hand them over on the dashboard" if owned and
+                         not user.active else ""))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    finally:
+        db.engine.dispose()
     return 0
 
 
@@ -420,7 +471,7 @@ def _cmd_keys(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_integration(args: argparse.Namespace, settings: Settings) -> int:
-    """`integration create-key NAME`: the key is printed once; only its digest is stored."""
+    """`integration create-key NAME`: the key is printed once; only its digest is stored. `revoke-key NAME`."""
     from alarmcentre.db import transaction
     from alarmcentre.runtime import Database
     from alarmcentre.users import service
@@ -428,9 +479,16 @@ def _cmd_integration(args: argparse.Namespace, settings: Settings) -> int:
     db = Database.open(settings)
     try:
         with transaction(db.sessions) as session:
+            if args.integration_command == "revoke-key":
+                if not service.revoke_integration_key(session, name=args.name):
+                    raise _UsageError(f"no live integration key {args.name!r}")
+                print(f"integration key {args.name!r} revoked: refused from now on")
+                return 0
             key = service.create_integration_key(session, name=args.name)
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
+    finally:
+        db.engine.dispose()
     print(key)
     print(f"integration key {args.name!r} created: send it as the X-Api-Key header; it is not shown again",
           file=sys.stderr)

@@ -242,3 +242,9 @@ def timeline_entries_after(session: Session, entry_id: int) -> list[tuple[int, i
     """(entry id, incident id) of every timeline entry with a larger id: what changed (the live feed)."""
     return [(entry, incident) for entry, incident in session.execute(
         select(TimelineEntry.id, TimelineEntry.incident_id).where(TimelineEntry.id > entry_id)).all()]
+
+
+def count_owned_open(session: Session, *, user_id: int) -> int:
+    """Unresolved incidents a user owns (someone leaving must hand them over)."""
+    return session.scalar(select(func.count()).select_from(Incident).where(
+        Incident.owner_id == user_id, Incident.status != IncidentStatus.RESOLVED)) or 0

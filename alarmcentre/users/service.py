@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
@@ -98,6 +98,32 @@ def user_for_token(session: Session, *, token: str) -> User | None:
     return user if user is not None and user.active else None
 
 
+def find_user(session: Session, username: str) -> User | None:
+    return None if "\x00" in username else session.scalar(select(User).where(User.username == username))
+
+
+def end_sessions(session: Session, *, user: User) -> int:
+    """Revoke every dashboard session and API token of the user; how many were live."""
+    now = clock.now()
+    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None),
+                                                    ApiToken.expires_at > now).values(revoked_at=now))
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+def set_active(session: Session, *, user: User, active: bool) -> int:
+    """Enable or disable a login; disabling ends its sessions at once (how many it had is returned)."""
+    user.active = active
+    return 0 if active else end_sessions(session, user=user)
+
+
+def set_password(session: Session, *, user: User, password: str) -> int:
+    """A new password; the sessions opened with the old one end (how many is returned)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = _hasher.hash(password)
+    return end_sessions(session, user=user)
+
+
 def revoke_token(session: Session, *, token: str) -> bool:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
     if row is None or row.revoked_at is not None:
@@ -121,6 +147,15 @@ def create_integration_key(session: Session, *, name: str) -> str:
     session.add(IntegrationKey(name=name, key_hash=_digest(key), role=Role.INTEGRATION))
     session.flush()
     return key
+
+
+def revoke_integration_key(session: Session, *, name: str) -> bool:
+    """The key named so stops working at once; False if there is no such live key."""
+    row = session.scalar(select(IntegrationKey).where(IntegrationKey.name == name))
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = clock.now()
+    return True
 
 
 def integration_key_for(session: Session, *, key: str) -> IntegrationKey | None:

@@ -410,3 +410,29 @@ def test_a_shared_rendering_is_made_once_per_change(sqlite_db: Database) -> None
 
     seen, made = asyncio.run(scenario())
     assert seen == ["v1"] * 5 + ["v2"] and made == 2
+
+
+def test_every_page_forbids_framing_sniffing_caching_and_foreign_scripts(centre: tuple) -> None:
+    """The headers as written here, not as the code defines them: weakening one fails (security gap 15)."""
+    _db, _s, app, client_id, incident_id = centre
+    expected = {
+        "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                                   "form-action 'self'",
+        "x-frame-options": "DENY", "x-content-type-options": "nosniff", "cache-control": "no-store",
+        "referrer-policy": "same-origin",
+    }
+    anonymous = TestClient(app)
+    pages = {"/login": anonymous.get("/login")}
+    browser = Browser(app)
+    browser.login("op-a")
+    for path in ("/ui/queue", "/ui/queue/rows", f"/ui/incidents/{incident_id}", f"/ui/clients/{client_id}",
+                 "/ui/incidents/999999", "/ui/devices", "/ui/sms"):
+        pages[path] = browser.http.get(path, headers={"X-Requested-With": "fetch"} if path.endswith("rows") else {})
+    technician = Browser(app)
+    technician.login("tech")
+    pages["/ui/queue as technician"] = technician.http.get("/ui/queue")
+    statuses = {path: response.status_code for path, response in pages.items()}
+    assert statuses["/ui/incidents/999999"] == 404 and statuses["/ui/queue as technician"] == 403, statuses
+    for path, response in pages.items():
+        got = {name: response.headers.get(name) for name in expected}
+        assert got == expected, f"{path}: {got}"

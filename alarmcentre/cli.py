@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "create-key", help="create an API key of role integration (X-Api-Key); printed once, stored hashed")
     _common(create_key)
     create_key.add_argument("name", help="whose key, e.g. the home-care service's name")
+    create_key.add_argument("--municipality", type=int, metavar="ID",
+                            help="the one municipality (its id) whose clients, workers and visits the key may reach; "
+                            "without it: every municipality")
     revoke_key = integration_sub.add_parser("revoke-key", help="stop a key at once (a leaked key, a system retired)")
     _common(revoke_key)
     revoke_key.add_argument("name", help="the name the key was created with")
@@ -484,14 +487,15 @@ def _cmd_integration(args: argparse.Namespace, settings: Settings) -> int:
                     raise _UsageError(f"no live integration key {args.name!r}")
                 print(f"integration key {args.name!r} revoked: refused from now on")
                 return 0
-            key = service.create_integration_key(session, name=args.name)
+            key = service.create_integration_key(session, name=args.name, municipality_id=args.municipality)
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
     finally:
         db.engine.dispose()
     print(key)
-    print(f"integration key {args.name!r} created: send it as the X-Api-Key header; it is not shown again",
-          file=sys.stderr)
+    reach = f"municipality {args.municipality} only" if args.municipality else "every municipality"
+    print(f"integration key {args.name!r} created for {reach}: send it as the X-Api-Key header; it is not shown "
+          "again", file=sys.stderr)
     return 0
 
 

@@ -302,3 +302,68 @@ def test_the_csv_export_never_hands_a_spreadsheet_a_formula(start: str) -> None:
 
     assert csv_cell(start + "HYPERLINK(\"http://x\")") == "'" + start + "HYPERLINK(\"http://x\")"
     assert csv_cell("Anna " + start) == "Anna " + start and csv_cell(40) == 40
+
+
+def test_a_municipalitys_key_reaches_its_own_clients_workers_and_visits_only(centre: Centre) -> None:
+    """A key made with --municipality cannot plan visits for another municipality's clients, take over
+    its visits or change its workers (whose phones get dispatch texts), nor export its visits (gap 4)."""
+    from alarmcentre.clients.models import Client
+    from alarmcentre.municipalities.models import Municipality
+    from tests.factories import make_client
+
+    with transaction(centre.db.sessions) as session:
+        own = session.get(Client, centre.client_id)
+        assert own is not None
+        other_town = Municipality(name="Citi novads")
+        session.add(other_town)
+        session.flush()
+        stranger = make_client(session, name="Other Town Client")
+        stranger.municipality_id = other_town.id
+        own_town, stranger_id = own.municipality_id, stranger.id
+        scoped = {"X-Api-Key": create_integration_key(session, name="own-town", municipality_id=own_town)}
+    every = key_for(centre, "every-town")
+    start = (clock.now() + timedelta(hours=1)).isoformat()
+    theirs = centre.http.post("/api/v1/integration/batch", headers=every, json={
+        "workers": [{"external_id": "W-THEIRS", "name": "Their Worker", "phone": "2000 0009"}],
+        "visits": [{"external_id": "V-THEIRS", "client_id": stranger_id, "worker_external_id": "W-THEIRS",
+                    "planned_start": start}]})
+    assert theirs.status_code == 200 and not theirs.json()["errors"], theirs.text
+
+    answer = centre.http.post("/api/v1/integration/batch", headers=scoped, json={
+        "workers": [{"external_id": "W-THEIRS", "name": "Hijacked", "phone": "2999 9999"},
+                    {"external_id": "W-OURS", "name": "Our Worker", "phone": "2000 0008"}],
+        "visits": [{"external_id": "V-OURS", "client_id": centre.client_id, "worker_external_id": "W-OURS",
+                    "planned_start": start},
+                   {"external_id": "V-NEW-THEIRS", "client_id": stranger_id, "planned_start": start},
+                   {"external_id": "V-THEIRS", "client_id": centre.client_id, "planned_start": start}]})
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["workers"]["created"] == 1 and report["visits"]["created"] == 1, report
+    errors = sorted(error["external_id"] + ": " + error["error"] for error in report["errors"])
+    assert errors == [f"V-NEW-THEIRS: client {stranger_id} not found",
+                      "V-THEIRS: visit 'V-THEIRS' belongs to another municipality",
+                      "W-THEIRS: worker 'W-THEIRS' belongs to another municipality"], errors
+    with centre.db.sessions() as session:
+        workers = {w.external_id: (w.phone, w.municipality_id) for w in session.scalars(select(HomeCareWorker))}
+        moved = session.scalar(select(Visit).where(Visit.external_id == "V-THEIRS"))
+        assert moved is not None and moved.client_id == stranger_id
+    assert workers["W-OURS"][1] == own_town and workers["W-THEIRS"][1] is None
+    assert "9999" not in workers["W-THEIRS"][0], "another municipality's worker was changed"
+
+    with transaction(centre.db.sessions) as session:
+        for visit in session.scalars(select(Visit)):
+            visit.status, visit.arrived_at = VisitStatus.DONE, clock.now()
+    period = {"from": (clock.now() - timedelta(days=1)).isoformat(),
+              "to": (clock.now() + timedelta(days=1)).isoformat()}
+    mine = centre.http.get("/api/v1/integration/visits/export", headers=scoped, params=period)
+    assert mine.status_code == 200 and {row["external_id"] for row in mine.json()} == {"V-OURS"}, mine.text
+    all_of_them = centre.http.get("/api/v1/integration/visits/export", headers=every, params=period)
+    assert {row["external_id"] for row in all_of_them.json()} == {"V-OURS", "V-THEIRS"}
+    refused = centre.http.get("/api/v1/integration/visits/export", headers=scoped,
+                              params={**period, "municipality_id": other_town.id})
+    assert refused.status_code == 403
+
+
+def test_a_key_for_a_municipality_that_does_not_exist_is_refused(centre: Centre) -> None:
+    with transaction(centre.db.sessions) as session, pytest.raises(ValueError, match="municipality 999 not found"):
+        create_integration_key(session, name="nowhere", municipality_id=999)

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from alarmcentre import clock
+from alarmcentre.municipalities.models import Municipality
 from alarmcentre.schemas import MAX_ID
 from alarmcentre.users import throttle
 from alarmcentre.users.models import ApiToken, IntegrationKey, Role, User
@@ -139,12 +140,16 @@ def _digest(token: str) -> str:
 INTEGRATION_KEY_PREFIX = "ack_"  # tells a key from a bearer token at a glance (logs, support)
 
 
-def create_integration_key(session: Session, *, name: str) -> str:
-    """A new key for another system; returned once, stored only as its digest."""
+def create_integration_key(session: Session, *, name: str, municipality_id: int | None = None) -> str:
+    """A new key for another system; returned once, stored only as its digest. With `municipality_id`
+    it reaches that municipality's clients, workers and visits only."""
     if session.scalar(select(IntegrationKey).where(IntegrationKey.name == name)) is not None:
         raise UserExists(f"integration key {name!r} exists already")
+    if municipality_id is not None and session.get(Municipality, municipality_id) is None:
+        raise ValueError(f"municipality {municipality_id} not found")
     key = INTEGRATION_KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(IntegrationKey(name=name, key_hash=_digest(key), role=Role.INTEGRATION))
+    session.add(IntegrationKey(name=name, key_hash=_digest(key), role=Role.INTEGRATION,
+                               municipality_id=municipality_id))
     session.flush()
     return key
 

@@ -61,6 +61,9 @@ class HomeCareWorker(Base):
     phone: Mapped[str] = mapped_column(String(32), index=True)
     language: Mapped[Language] = mapped_column(str_enum(Language), default=Language.LV)
     area: Mapped[str] = mapped_column(String(200), default="")
+    # Set by a municipality's integration key: only that key's municipality may change the worker
+    # (its phone receives dispatch texts). NULL: made by a key for every municipality.
+    municipality_id: Mapped[int | None] = mapped_column(ForeignKey("municipalities.id"), index=True)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
     updated_at: Mapped[datetime] = mapped_column(default=clock.now, onupdate=clock.now)

@@ -50,31 +50,37 @@ def missed_key(visit_id: int) -> str:
 # -- import ------------------------------------------------------------------------------
 
 
-def upsert_worker(session: Session, row: WorkerIn) -> str:
-    """'created', 'updated' or 'unchanged': the same row twice changes nothing."""
+def upsert_worker(session: Session, row: WorkerIn, *, scope: int | None = None) -> str:
+    """'created', 'updated' or 'unchanged': the same row twice changes nothing. With `scope` (the
+    municipality of the caller's key) a new worker is that municipality's, and only its own workers
+    may be changed: a worker's phone receives dispatch texts."""
     worker = session.scalar(select(HomeCareWorker).where(HomeCareWorker.external_id == row.external_id))
     values = row.model_dump(exclude={"external_id"})
     if worker is None:
-        session.add(HomeCareWorker(external_id=row.external_id, **values))
+        session.add(HomeCareWorker(external_id=row.external_id, municipality_id=scope, **values))
         session.flush()
         return "created"
+    if scope is not None and worker.municipality_id != scope:
+        raise ValueError(f"worker {row.external_id!r} belongs to another municipality")
     changed = {name: value for name, value in values.items() if getattr(worker, name) != value}
     for name, value in changed.items():
         setattr(worker, name, value)
     return "updated" if changed else "unchanged"
 
 
-def upsert_visit(session: Session, row: VisitIn) -> str:
+def upsert_visit(session: Session, row: VisitIn, *, scope: int | None = None) -> str:
     """'created', 'updated' or 'unchanged'; ValueError names what the row refers to that does not exist.
+    With `scope` (the caller key's municipality) only that municipality's clients and workers exist.
 
     The service plans; the centre records what happened: an import changes the plan, the tasks and
     the notes, and cancels (or restores) a visit not yet begun, but never the actual times."""
-    if session.get(Client, row.client_id) is None:
+    client = session.get(Client, row.client_id)
+    if client is None or (scope is not None and client.municipality_id != scope):
         raise ValueError(f"client {row.client_id} not found")
     worker = None
     if row.worker_external_id is not None:
         worker = session.scalar(select(HomeCareWorker).where(HomeCareWorker.external_id == row.worker_external_id))
-        if worker is None:
+        if worker is None or (scope is not None and worker.municipality_id not in (scope, None)):
             raise ValueError(f"worker {row.worker_external_id!r} not found (send workers first)")
     values: dict[str, Any] = {
         "client_id": row.client_id, "worker_id": worker.id if worker else None,
@@ -82,6 +88,8 @@ def upsert_visit(session: Session, row: VisitIn) -> str:
         "planned_end": row.planned_end, "tasks": [task.value for task in row.tasks], "notes": row.notes,
     }
     visit = session.scalar(select(Visit).where(Visit.external_id == row.external_id))
+    if visit is not None and scope is not None and _municipality_of(session, visit.client_id) != scope:
+        raise ValueError(f"visit {row.external_id!r} belongs to another municipality")
     if visit is None:
         status = VisitStatus.CANCELLED if row.status == "cancelled" else VisitStatus.PLANNED
         session.add(Visit(external_id=row.external_id, source=VisitSource.SCHEDULE, status=status, **values))
@@ -101,19 +109,24 @@ def upsert_visit(session: Session, row: VisitIn) -> str:
     return "updated" if changed else "unchanged"
 
 
-def import_batch(session: Session, batch: BatchIn) -> ImportReport:
-    """Workers first, then visits; a row that cannot be stored is reported, the others are stored."""
+def _municipality_of(session: Session, client_id: int) -> int | None:
+    return session.scalar(select(Client.municipality_id).where(Client.id == client_id))
+
+
+def import_batch(session: Session, batch: BatchIn, *, scope: int | None = None) -> ImportReport:
+    """Workers first, then visits; a row that cannot be stored is reported, the others are stored.
+    `scope`: the municipality of the caller's key (None: every one)."""
     report = ImportReport()
     for index, worker in enumerate(batch.workers):
         _count(report.workers, _in_savepoint(session, report, index, worker.external_id,
-                                             lambda w=worker: upsert_worker(session, w)))
+                                             lambda w=worker: upsert_worker(session, w, scope=scope)))
     for index, visit in enumerate(batch.visits):
         _count(report.visits, _in_savepoint(session, report, index, visit.external_id,
-                                            lambda v=visit: upsert_visit(session, v)))
+                                            lambda v=visit: upsert_visit(session, v, scope=scope)))
     return report
 
 
-def import_csv(session: Session, data: str, *, settings: Settings) -> ImportReport:
+def import_csv(session: Session, data: str, *, settings: Settings, scope: int | None = None) -> ImportReport:
     """A week's schedule as CSV (CSV_COLUMNS; tasks separated by ';'; times ISO 8601, local time if no
     offset). Each bad line is reported with its line number (the header is line 1); good lines are stored."""
     report = ImportReport()
@@ -132,7 +145,7 @@ def import_csv(session: Session, data: str, *, settings: Settings) -> ImportRepo
             report.errors.append(RowError(row=line, external_id=external_id, error=_explain(exc)))
             continue
         _count(report.visits, _in_savepoint(session, report, line, external_id,
-                                            lambda r=row: upsert_visit(session, r)))
+                                            lambda r=row: upsert_visit(session, r, scope=scope)))
     return report
 
 

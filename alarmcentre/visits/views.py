@@ -22,15 +22,16 @@ MAX_CSV_BYTES = 2_000_000
 
 
 @integration_router.post("/batch", response_model=ImportReport)
-def import_batch(body: BatchIn, session: SessionDep, _key: IntegrationCaller) -> ImportReport:
+def import_batch(body: BatchIn, session: SessionDep, key: IntegrationCaller) -> ImportReport:
     """Upsert workers and planned visits by their external ids; the same batch twice changes nothing.
-    A row that cannot be stored (unknown client or worker) is reported; the others are stored."""
-    return service.import_batch(session, body)
+    A row that cannot be stored (unknown client or worker) is reported; the others are stored.
+    A key of one municipality sees only that municipality's clients, workers and visits."""
+    return service.import_batch(session, body, scope=key.municipality_id)
 
 
 @integration_router.post("/visits.csv", response_model=ImportReport)
 def import_csv(
-    request: Request, session: SessionDep, _key: IntegrationCaller,
+    request: Request, session: SessionDep, key: IntegrationCaller,
     file: Annotated[UploadFile, File(description="a week's schedule, UTF-8 CSV with a header")],
 ) -> ImportReport:
     """Each bad line is reported with its line number; the good lines are stored (docs/visits.md)."""
@@ -42,20 +43,26 @@ def import_csv(
     except UnicodeDecodeError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"not UTF-8: {exc}") from exc
     settings: Settings = request.app.state.settings
-    return service.import_csv(session, text, settings=settings)
+    return service.import_csv(session, text, settings=settings, scope=key.municipality_id)
 
 
 @integration_router.get("/visits/export", response_model=list[ExportRow])
 def export_visits(
-    session: SessionDep, _key: IntegrationCaller,
+    session: SessionDep, key: IntegrationCaller,
     start: Annotated[datetime, Query(alias="from", description="inclusive, ISO 8601 with offset")],
     end: Annotated[datetime, Query(alias="to", description="exclusive, ISO 8601 with offset")],
     municipality_id: Id | None = None,
     format_: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> list[ExportRow] | Response:
-    """Visits made (done) in the period, for the social service's records."""
+    """Visits made (done) in the period, for the social service's records. A key of one municipality
+    exports that municipality's visits only; asking for another is refused (403)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="from and to need a UTC offset")
+    if key.municipality_id is not None:
+        if municipality_id not in (None, key.municipality_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail=f"this key covers municipality {key.municipality_id} only")
+        municipality_id = key.municipality_id
     rows = service.export_made(session, start=start, end=end, municipality_id=municipality_id)
     if format_ == "csv":
         return Response(service.export_csv(rows), media_type="text/csv; charset=utf-8",

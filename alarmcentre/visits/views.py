@@ -46,7 +46,8 @@ def import_csv(
     return service.import_csv(session, text, settings=settings, scope=key.municipality_id)
 
 
-@integration_router.get("/visits/export", response_model=list[ExportRow])
+@integration_router.get("/visits/export", response_model=list[ExportRow],
+                        responses={403: {"description": "a key of one municipality asked for another's visits"}})
 def export_visits(
     session: SessionDep, key: IntegrationCaller,
     start: Annotated[datetime, Query(alias="from", description="inclusive, ISO 8601 with offset")],

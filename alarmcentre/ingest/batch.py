@@ -96,13 +96,16 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
                                          device_serial=parsed.device_id)
         else:
             valid.append((index, parsed))
-    # A device with anything for the domain in this batch keeps its messages from the first of those on in
-    # arrival order, one by one: its "offline" status after its button press must leave it offline. What it sent
-    # before that goes with the set, which is applied first.
+    # A device with anything for the domain in this batch keeps its messages from the first of those to the last
+    # in arrival order, one by one: its "offline" status after its button press must leave it offline. What it
+    # sent before the first goes with the set applied first; its state messages after the last go with a second
+    # set, applied after the domain's (the order holds: state, domain one by one, state).
     first_domain: dict[str, int] = {}
+    last_domain: dict[str, int] = {}
     for index, parsed in valid:
         if not _state_only(parsed):
             first_domain.setdefault(parsed.device_id, index)
+            last_domain[parsed.device_id] = index
     needs_domain = set(first_domain)
     if needs_domain and session.get_bind().dialect.name == "postgresql":
         # Several ingest workers: take every device of the batch in one order (id) before anything else,
@@ -110,27 +113,51 @@ def process_batch(session: Session, messages: Sequence[InboundMessage], *,
         serials = sorted({parsed.device_id for _, parsed in valid})
         session.execute(select(_DEVICES.c.id).where(_DEVICES.c.serial == any_(
             bindparam("serials", serials, type_=postgresql.ARRAY(String)))).order_by(_DEVICES.c.id).with_for_update())
-    set_based: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    set_before: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     one_by_one: list[tuple[int, ParsedEvent | ParsedStatus]] = []
+    set_after: list[tuple[int, ParsedEvent | ParsedStatus]] = []
     for index, parsed in valid:
-        from_here = first_domain.get(parsed.device_id)
-        (set_based if from_here is None or index < from_here else one_by_one).append((index, parsed))
+        first = first_domain.get(parsed.device_id)
+        if first is None or index < first:
+            set_before.append((index, parsed))
+        elif index > last_domain[parsed.device_id]:
+            set_after.append((index, parsed))  # state only: the last domain message is behind it
+        else:
+            one_by_one.append((index, parsed))
 
-    if set_based:
-        try:
-            with session.begin_nested():
-                for index, result in _apply_set_based(session, messages, set_based, settings).items():
-                    results[index] = result
-        except (OperationalError, InterfaceError):
-            raise  # the database itself: the whole batch is retried
-        except Exception as exc:  # noqa: BLE001  (a message's data or our bug: find the message)
-            log.warning("ingest: %d state messages failed as a set (%s); applying them one by one",
-                        len(set_based), type(getattr(exc, "orig", None) or exc).__name__)
-            one_by_one.extend(set_based)
-    for index, parsed in sorted(one_by_one, key=lambda item: item[0]):
+    leftover = _apply_as_set(session, messages, set_before, results, settings)
+    for index, parsed in sorted(one_by_one + leftover, key=lambda item: item[0]):
         results[index] = process_parsed(session, message=messages[index], parsed=parsed, settings=settings)
+    if set_after:
+        # The domain's devices were changed through the ORM; the set reads and writes their rows directly.
+        session.flush()
+        for index, parsed in _apply_as_set(session, messages, set_after, results, settings):
+            results[index] = process_parsed(session, message=messages[index], parsed=parsed, settings=settings)
+        for instance in list(session.identity_map.values()):
+            if isinstance(instance, Device):
+                session.expire(instance)  # its row may have been written by the set since it was loaded
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _apply_as_set(session: Session, messages: Sequence[InboundMessage],
+                  items: list[tuple[int, ParsedEvent | ParsedStatus]], results: list[Result | None],
+                  settings: Settings) -> list[tuple[int, ParsedEvent | ParsedStatus]]:
+    """Apply state messages as one set, in a savepoint; what has to go one by one instead is returned
+    (all of them, if the set failed on a message's data)."""
+    if not items:
+        return []
+    try:
+        with session.begin_nested():
+            for index, result in _apply_set_based(session, messages, items, settings).items():
+                results[index] = result
+    except (OperationalError, InterfaceError):
+        raise  # the database itself: the whole batch is retried
+    except Exception as exc:  # noqa: BLE001  (a message's data or our bug: find the message)
+        log.warning("ingest: %d state messages failed as a set (%s); applying them one by one",
+                    len(items), type(getattr(exc, "orig", None) or exc).__name__)
+        return items
+    return []
 
 
 def apply_deferred_round(session: Session, *, settings: Settings | None = None

@@ -44,6 +44,7 @@ from tests.factories import make_client, make_device, message
 EXAMPLES = int(os.environ.get("ALARMCENTRE_SCHEMATHESIS_EXAMPLES", "15"))
 RANDOM = os.environ.get("ALARMCENTRE_SCHEMATHESIS_RANDOM") == "1"
 PASSWORD = "schemathesis-admin-1"
+REQUEST_TIMEOUT_S = 60
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Run:
     no_invalid_input: list[str] = field(default_factory=list)  # nothing in them can be made invalid
     statuses: dict[int, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    slowest: tuple[float, str] = (0.0, "")  # seconds, which operation
 
 
 def seed(db: Database) -> dict[str, str]:
@@ -119,7 +121,13 @@ def fuzz(db: Database, tmp_path: Path) -> Run:
 
 def _checker(run: Run, auth: Callable[[], dict[str, str]]) -> Callable[[Any], None]:
     def check(case: Any) -> None:
-        response = case.call(headers=auth())
+        # A generous bound that catches a hang, not a speed test: one CI run on a loaded machine saw
+        # POST /api/v1/clients pass schemathesis's default 10 s once (not reproduced alone, 35 s a run).
+        started = time.monotonic()
+        response = case.call(headers=auth(), timeout=REQUEST_TIMEOUT_S)
+        took = time.monotonic() - started
+        if took > run.slowest[0]:
+            run.slowest = (took, f"{case.method} {case.path}")
         run.cases += 1
         run.statuses[response.status_code] = run.statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (
@@ -130,7 +138,8 @@ def _checker(run: Run, auth: Callable[[], dict[str, str]]) -> Callable[[Any], No
 
 def _report(name: str, run: Run, seconds: float) -> None:
     print(f"\nschemathesis on {name}: {run.operations} operations, {run.cases} cases in {seconds:.1f} s, "
-          f"statuses {dict(sorted(run.statuses.items()))}; no invalid input possible: {len(run.no_invalid_input)}")
+          f"statuses {dict(sorted(run.statuses.items()))}; no invalid input possible: {len(run.no_invalid_input)}; "
+          f"slowest answer {run.slowest[0]:.2f} s ({run.slowest[1]})")
     assert run.failures == [], "server errors:\n\n" + "\n\n".join(run.failures)
 
 

@@ -75,14 +75,17 @@ def list_throttles(session: SessionDep, _user: SupervisorOrAdmin) -> list[Thrott
     return [ThrottleOut.model_validate(row, from_attributes=True) for row in throttle.active(session)]
 
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL refuses NUL in text: a 422, not a database error
+
+
 class ClearedOut(BaseModel):
     cleared: int
 
 
 @throttles.delete("", response_model=ClearedOut)
 def clear_throttles(session: SessionDep, _user: SupervisorOrAdmin,
-                    username: Annotated[str | None, Query(max_length=64)] = None,
-                    address: Annotated[str | None, Query(max_length=64)] = None) -> ClearedOut:
+                    username: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+                    address: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None) -> ClearedOut:
     """Forget the failed logins of a username, an address, or a username at an address."""
     if username is None and address is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="give username, address or both")

@@ -298,7 +298,7 @@ def _cmd_receive_dc09(_args: argparse.Namespace, settings: Settings) -> int:
     from alarmcentre.clients.access import AccessCipher
     from alarmcentre.health import HealthChecks, database_check
     from alarmcentre.receivers.dc09 import Dc09Receiver
-    from alarmcentre.receivers.dc09_server import Dc09Server
+    from alarmcentre.receivers.dc09_server import dc09_server
     from alarmcentre.runtime import Database, start_metrics_server
 
     db = Database.open(settings)
@@ -306,7 +306,7 @@ def _cmd_receive_dc09(_args: argparse.Namespace, settings: Settings) -> int:
     receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
 
     async def serve() -> None:
-        server = Dc09Server(receiver, host=settings.dc09_host, port=settings.dc09_port)
+        server = dc09_server(receiver, host=settings.dc09_host, port=settings.dc09_port)
         try:
             await server.start()
         except OSError as exc:

@@ -192,7 +192,8 @@ class Centre:
         """DC-09 panels on settings.dc09_port, or on a free port when another process holds that one."""
         from alarmcentre.clients.access import AccessCipher
         from alarmcentre.receivers.dc09 import Dc09Receiver
-        from alarmcentre.receivers.dc09_server import BackgroundDc09Server, port_is_free
+        from alarmcentre.receivers.dc09_server import background_dc09_server
+        from alarmcentre.receivers.server import port_is_free
 
         settings = self.settings
         port = settings.dc09_port
@@ -200,7 +201,7 @@ class Centre:
             log.warning("dc09: port %d is taken; the DC-09 receiver takes a free port (see the banner)", port)
             port = 0
         receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
-        self.dc09 = BackgroundDc09Server(receiver, host=settings.dc09_host, port=port).start()
+        self.dc09 = background_dc09_server(receiver, host=settings.dc09_host, port=port).start()
         self._stack.append(("dc09 receiver", self.dc09.stop))
 
     def device_url(self, serial: str) -> str:

@@ -24,7 +24,8 @@ from alarmcentre.incidents.models import Incident, TimelineEntry, TimelineKind
 from alarmcentre.receivers import dc09_frame as codec
 from alarmcentre.receivers.dc09 import Dc09Receiver, decode_key, parse_key, set_account
 from alarmcentre.receivers.dc09_codes import signals
-from alarmcentre.receivers.dc09_server import BackgroundDc09Server
+from alarmcentre.receivers.dc09_server import background_dc09_server
+from alarmcentre.receivers.server import BackgroundReceiver
 from alarmcentre.runtime import Database
 from alarmcentre.tasks.models import OperatorTask, TaskKind
 from tests.dc09_panel import Connection, decrypt, frame, sia_crc, udp_exchange
@@ -98,7 +99,7 @@ def test_keys() -> None:
 
 
 class Centre:
-    def __init__(self, db: Database, server: BackgroundDc09Server, cipher: MultiFernet) -> None:
+    def __init__(self, db: Database, server: BackgroundReceiver, cipher: MultiFernet) -> None:
         self.db, self.server, self.cipher = db, server, cipher
 
     @property
@@ -129,7 +130,7 @@ class Centre:
 def _centre(db: Database) -> Iterator[Centre]:
     cipher = MultiFernet([Fernet(Fernet.generate_key())])
     receiver = Dc09Receiver(db.sessions, settings=Settings(), cipher=lambda: cipher)
-    server = BackgroundDc09Server(receiver, host="127.0.0.1", port=0).start()
+    server = background_dc09_server(receiver, host="127.0.0.1", port=0).start()
     try:
         yield Centre(db, server, cipher)
     finally:
@@ -368,8 +369,8 @@ def test_an_account_without_a_key_is_refused_in_production_unless_allowed(sqlite
     cipher = MultiFernet([Fernet(Fernet.generate_key())])
     for allow, expected in ((None, "DUH"), (True, "ACK")):
         settings = Settings(env="production", dc09_allow_unencrypted=allow)
-        server = BackgroundDc09Server(Dc09Receiver(sqlite_db.sessions, settings=settings, cipher=lambda: cipher),
-                                      host="127.0.0.1", port=0).start()
+        server = background_dc09_server(Dc09Receiver(sqlite_db.sessions, settings=settings, cipher=lambda: cipher),
+                                        host="127.0.0.1", port=0).start()
         try:
             centre = Centre(sqlite_db, server, cipher)
             serial, account = ("PANEL-P1", "E001") if allow is None else ("PANEL-P2", "E002")

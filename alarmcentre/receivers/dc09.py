@@ -15,12 +15,11 @@ Every refused frame is a dead letter on topic `dc09/<account>`. The network side
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import select
@@ -39,6 +38,7 @@ from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
 from alarmcentre.ingest.protocol import ALARM_LANE_TYPES, alarms_topic, events_topic
 from alarmcentre.receivers import dc09_frame as wire
 from alarmcentre.receivers.dc09_codes import NotUnderstood, Signal, signals
+from alarmcentre.receivers.dedupe import retransmission_seq
 from alarmcentre.tasks import service as tasks
 from alarmcentre.tasks.models import TaskKind
 
@@ -238,25 +238,13 @@ class Dc09Receiver:
     @staticmethod
     def _seq(session: Session, account: _Account, frame: wire.Frame, body: wire.Body, index: int,
              now: datetime) -> int:
-        """The event's `seq`: a digest of what makes a DC-09 event itself, so that a resent frame (same
-        sequence number, content and timestamp) is a duplicate and a new one never is, even after the
-        4-digit sequence number wrapped: the timestamp (kept within 40 s of now) differs; a frame without one
-        counts as resent only within UNTIMED_RETRANSMISSION_S."""
-
-        def digest(*parts: str) -> int:
-            value = hashlib.sha256("\x1f".join(parts).encode()).digest()
-            return int.from_bytes(value[:8], "big") >> 1  # 0 … 2**63-1
-
-        common = ("dc09", frame.account, frame.message_id, frame.sequence, body.data, str(index))
-        if body.timestamp is not None:
-            return digest(*common, body.timestamp.isoformat())
-        bucket = int(now.timestamp() // UNTIMED_RETRANSMISSION_S)
-        previous = digest(*common, f"untimed:{bucket - 1}")
-        seen = session.scalar(select(DeviceEvent.received_at).where(
-            DeviceEvent.device_id == account.device_id, DeviceEvent.seq == previous))
-        if seen is not None and now - seen <= timedelta(seconds=UNTIMED_RETRANSMISSION_S):
-            return previous
-        return digest(*common, f"untimed:{bucket}")
+        """The event's `seq`: a resent frame (same sequence number, content and timestamp) is a duplicate and a
+        new one never is, even after the 4-digit sequence number wrapped: the timestamp (kept within 40 s of
+        now) differs; a frame without one counts as resent only within UNTIMED_RETRANSMISSION_S."""
+        return retransmission_seq(
+            session, device_id=account.device_id, now=now, timestamp=body.timestamp,
+            window_s=UNTIMED_RETRANSMISSION_S,
+            parts=("dc09", frame.account, frame.message_id, frame.sequence, body.data, str(index)))
 
     def _annotate(self, session: Session, account: _Account, frame: wire.Frame, signal: Signal, seq: int,
                   result: Result, now: datetime) -> None:

@@ -1,140 +1,27 @@
-"""The DC-09 receiver on the network: asyncio TCP and UDP on one port.
-
-TCP: a connection's bytes are cut into frames at CR or LF (several frames in one segment, one frame over
-several segments); its frames are answered one after the other, each after its commit. UDP: every datagram
-holds one frame (or several), each answered to the sender's address. The blocking work (decryption, the
-database) runs in worker threads, so one slow commit does not stop other panels' connections.
-"""
+"""The DC-09 receiver on the network (receivers/server.py): TCP and UDP on one port, frames cut at CR or LF."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import socket
-import threading
-
 from alarmcentre.receivers.dc09 import Dc09Receiver
 from alarmcentre.receivers.dc09_frame import MAX_FRAME, split_frames
-
-log = logging.getLogger(__name__)
-
-IDLE_TIMEOUT_S = 300  # a panel's TCP connection with nothing to say for this long is closed
+from alarmcentre.receivers.server import BackgroundReceiver, Framing, ReceiverServer
 
 
-class Dc09Server:
-    def __init__(self, receiver: Dc09Receiver, *, host: str, port: int) -> None:
-        self.receiver = receiver
-        self.host = host
-        self.port = port
-        self._tcp: asyncio.Server | None = None
-        self._udp: asyncio.DatagramTransport | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tcp = await asyncio.start_server(self._connection, self.host, self.port, reuse_address=True)
-        self.port = self._tcp.sockets[0].getsockname()[1]  # the one chosen for port 0
-        try:
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self),
-                                                               local_addr=(self.host, self.port))
-        except OSError:
-            self._tcp.close()
-            raise
-        log.info("dc09: receiving on tcp and udp %s:%d", self.host, self.port)
-
-    async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 5)
-
-    async def serve_forever(self) -> None:
-        assert self._tcp is not None
-        await self._tcp.serve_forever()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(4096), IDLE_TIMEOUT_S)
-                except (TimeoutError, ConnectionError):
-                    break
-                if not chunk:
-                    break
-                buffer.extend(chunk)
-                frames = split_frames(buffer)
-                if len(buffer) > MAX_FRAME:  # no end in sight: refuse it as one over-long frame
-                    frames.append(bytes(buffer))
-                    buffer.clear()
-                for frame in frames:
-                    answer = await asyncio.to_thread(self.receiver.handle, frame, transport="tcp")
-                    if answer is not None:
-                        writer.write(answer)
-                        await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        buffer = bytearray(data)
-        frames = split_frames(buffer)
-        if buffer.strip():
-            frames.append(bytes(buffer))  # a datagram is whole: a frame without CR ends with it
-        for frame in frames:
-            answer = await asyncio.to_thread(self.receiver.handle, frame, transport="udp")
-            if answer is not None and self._udp is not None:
-                self._udp.sendto(answer, addr)
+def _datagram_frames(data: bytes) -> list[bytes]:
+    buffer = bytearray(data)
+    frames = split_frames(buffer)
+    if buffer.strip():
+        frames.append(bytes(buffer))  # a datagram is whole: a frame without CR ends with it
+    return frames
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, server: Dc09Server) -> None:
-        self.server = server
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        task = asyncio.get_running_loop().create_task(self.server._datagram(data, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+DC09_FRAMING = Framing("dc09", split_frames, _datagram_frames, MAX_FRAME)
 
 
-def port_is_free(host: str, port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            if kind == socket.SOCK_STREAM:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                return False
-    return True
+def dc09_server(receiver: Dc09Receiver, *, host: str, port: int) -> ReceiverServer:
+    return ReceiverServer(lambda frame, transport: receiver.handle(frame, transport=transport), DC09_FRAMING,
+                          host=host, port=port)
 
 
-class BackgroundDc09Server:
-    """The server on an event loop of its own, in a thread: what `alarmcentre up` runs beside the rest."""
-
-    def __init__(self, receiver: Dc09Receiver, *, host: str, port: int) -> None:
-        self.server = Dc09Server(receiver, host=host, port=port)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dc09", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def start(self) -> BackgroundDc09Server:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+def background_dc09_server(receiver: Dc09Receiver, *, host: str, port: int) -> BackgroundReceiver:
+    return BackgroundReceiver(dc09_server(receiver, host=host, port=port))

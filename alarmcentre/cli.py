@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     dc09.add_argument("--port", dest="dc09_port", type=int, help="TCP and UDP port (default 12128)")
     dc09.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
 
+    scaip = sub.add_parser("receive-scaip", help="the SCAIP receiver alone: social alarms' SIP MESSAGEs, TCP and UDP")
+    _common(scaip)
+    scaip.add_argument("--host", dest="scaip_host", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    scaip.add_argument("--port", dest="scaip_port", type=int, help="TCP and UDP port (default 5060)")
+    scaip.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
+
     scheduler = sub.add_parser("scheduler", help="the periodic jobs alone")
     _common(scheduler)
     scheduler.add_argument("--metrics-port", type=int, help=METRICS_PORT_HELP)
@@ -190,13 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
                               help="the panel's link-test (or periodic test) interval in seconds: supervision "
                               "expects one at least this often (times the tolerance)")
     dc09_account.add_argument("--model", default="dc09-panel", help="device model when registering")
+    scaip_device = devices_sub.add_parser(
+        "scaip", help="give a device a SCAIP controller id (the <cid> it sends) and SIP digest password; registers "
+        "the device if missing (docs/scaip.md)")
+    _common(scaip_device)
+    scaip_device.add_argument("serial", help="the device's serial in the centre")
+    scaip_device.add_argument("--cid", required=True, help="the device's controller id, as in its <cid> tag")
+    scaip_device.add_argument("--password-file",
+                              help="file holding the device's SIP password, 8-128 characters (none: no "
+                              "authentication)")
+    scaip_device.add_argument("--supervision-s", type=int,
+                              help="the device's heartbeat (PI) interval in seconds: supervision expects one at "
+                              "least this often (times the tolerance)")
+    scaip_device.add_argument("--model", default="scaip-unit", help="device model when registering")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     names = ("database_url", "data_dir", "log_json", "mqtt_url", "ingest_url", "ingest_worker", "broker",
              "broker_port", "api_host", "api_port",
-             "metrics_port", "dc09_host", "dc09_port")
+             "metrics_port", "dc09_host", "dc09_port", "scaip_host", "scaip_port")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return Settings(**overrides)
 
@@ -209,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "up": _cmd_up, "demo": _cmd_up, "api": _cmd_api, "ingest": _cmd_ingest, "scheduler": _cmd_scheduler,
-        "receive-dc09": _cmd_receive_dc09,
+        "receive-dc09": _cmd_receive_dc09, "receive-scaip": _cmd_receive_scaip,
         "db": _cmd_db, "users": _cmd_users, "devices": _cmd_devices,
         "integration": _cmd_integration, "access-key": _cmd_access_key, "keys": _cmd_keys,
         "rabbitmq-definitions": _cmd_rabbitmq_definitions,
@@ -218,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from alarmcentre.broker import BrokerError
 
-    if args.command in ("up", "demo", "api", "ingest", "scheduler", "receive-dc09"):
+    if args.command in ("up", "demo", "api", "ingest", "scheduler", "receive-dc09", "receive-scaip"):
         problems = settings.production_problems(command=args.command)
         if problems:
             print("alarmcentre: ALARMCENTRE_ENV=production, and these settings are not safe for it:\n"
@@ -292,26 +311,47 @@ def _cmd_ingest(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_receive_dc09(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.clients.access import AccessCipher
+    from alarmcentre.receivers.dc09 import Dc09Receiver
+    from alarmcentre.receivers.dc09_server import dc09_server
+
+    def server(db: Any) -> Any:
+        receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+        return dc09_server(receiver, host=settings.dc09_host, port=settings.dc09_port)
+
+    return _serve_receiver("DC-09 receiver", server, settings)
+
+
+def _cmd_receive_scaip(_args: argparse.Namespace, settings: Settings) -> int:
+    from alarmcentre.clients.access import AccessCipher
+    from alarmcentre.receivers.scaip import ScaipReceiver
+    from alarmcentre.receivers.scaip_server import scaip_server
+
+    def server(db: Any) -> Any:
+        receiver = ScaipReceiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+        return scaip_server(receiver, host=settings.scaip_host, port=settings.scaip_port)
+
+    return _serve_receiver("SCAIP receiver", server, settings)
+
+
+def _serve_receiver(title: str, make_server: Callable[[Any], Any], settings: Settings) -> int:
+    """A receiver (receivers/server.py) alone in this process, with its metrics and readiness."""
     import asyncio
     import contextlib
 
-    from alarmcentre.clients.access import AccessCipher
     from alarmcentre.health import HealthChecks, database_check
-    from alarmcentre.receivers.dc09 import Dc09Receiver
-    from alarmcentre.receivers.dc09_server import dc09_server
     from alarmcentre.runtime import Database, start_metrics_server
 
     db = Database.open(settings)
     start_metrics_server(settings, HealthChecks({"database": database_check(db.sessions)}))
-    receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+    server = make_server(db)
 
     async def serve() -> None:
-        server = dc09_server(receiver, host=settings.dc09_host, port=settings.dc09_port)
         try:
             await server.start()
         except OSError as exc:
-            raise _UsageError(f"cannot listen on {settings.dc09_host}:{settings.dc09_port}: {exc}") from exc
-        print(f"DC-09 receiver on tcp and udp {settings.dc09_host}:{server.port}", flush=True)
+            raise _UsageError(f"cannot listen on {server.host}:{server.port}: {exc}") from exc
+        print(f"{title} on tcp and udp {server.host}:{server.port}", flush=True)
         try:
             await server.serve_forever()
         finally:
@@ -503,6 +543,8 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     """`devices provision`: the password is printed once and stored only hashed (except --embedded)."""
     if args.devices_command == "dc09":
         return _cmd_devices_dc09(args, settings)
+    if args.devices_command == "scaip":
+        return _cmd_devices_scaip(args, settings)
     if args.devices_command == "revoke":
         return _cmd_devices_revoke(args, settings)
     import json
@@ -631,13 +673,8 @@ def _cmd_devices_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
     """`devices dc09 SERIAL --account N [--key-file F]`: the key is stored encrypted with the access key."""
-
     from alarmcentre.clients.access import AccessKeyError, load_cipher
-    from alarmcentre.db import transaction
-    from alarmcentre.devices import service
-    from alarmcentre.devices.schemas import DeviceIn
     from alarmcentre.receivers import dc09
-    from alarmcentre.runtime import Database
 
     try:
         key = dc09.parse_key(Path(args.key_file).read_text(), args.key_format) if args.key_file else None
@@ -648,6 +685,47 @@ def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
         raise _UsageError("an account without a key is refused here (its frames could be forged by anyone who knows "
                           "the account number): give --key-file, or set ALARMCENTRE_DC09_ALLOW_UNENCRYPTED=true "
                           "for panels that cannot encrypt")
+    registered, interval = _register_or_update(
+        args, settings, lambda session, device: dc09.set_account(session, device=device, account=args.account,
+                                                                 key=key, cipher=cipher))
+    print(f"device {args.serial}: {'registered, ' if registered else ''}DC-09 account {args.account.upper()}, "
+          f"{f'AES-{len(key) * 8} key stored encrypted' if key else 'no key (unencrypted frames)'}; "
+          f"link tests expected every {interval} s")
+    return 0
+
+
+def _cmd_devices_scaip(args: argparse.Namespace, settings: Settings) -> int:
+    """`devices scaip SERIAL --cid C [--password-file F]`: the password is stored encrypted with the access key."""
+    from alarmcentre.clients.access import AccessKeyError, load_cipher
+    from alarmcentre.receivers import scaip
+
+    try:
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+        cipher = load_cipher(settings)
+    except (OSError, AccessKeyError) as exc:
+        raise _UsageError(str(exc)) from exc
+    if password is None and not settings.scaip_unauthenticated_allowed:
+        raise _UsageError("a SCAIP device without a password is refused here (its messages could be forged by "
+                          "anyone who knows its cid): give --password-file, or set "
+                          "ALARMCENTRE_SCAIP_ALLOW_UNAUTHENTICATED=true for devices that cannot authenticate")
+    registered, interval = _register_or_update(
+        args, settings, lambda session, device: scaip.set_identity(session, device=device, cid=args.cid,
+                                                                   password=password, cipher=cipher))
+    print(f"device {args.serial}: {'registered, ' if registered else ''}SCAIP cid {args.cid.strip()}, "
+          f"{'SIP digest password stored encrypted' if password else 'no password (no authentication)'}; "
+          f"heartbeats expected every {interval} s")
+    return 0
+
+
+def _register_or_update(args: argparse.Namespace, settings: Settings,
+                        apply: Callable[[Any, Any], None]) -> tuple[bool, int]:
+    """The device `args.serial` (registered as `args.model` when missing), changed by `apply` and given
+    `args.supervision_s`: (whether it was registered, its heartbeat interval)."""
+    from alarmcentre.db import transaction
+    from alarmcentre.devices import service
+    from alarmcentre.devices.schemas import DeviceIn
+    from alarmcentre.runtime import Database
+
     db = Database.open(settings)
     try:
         with transaction(db.sessions, writes=True) as session:
@@ -655,18 +733,14 @@ def _cmd_devices_dc09(args: argparse.Namespace, settings: Settings) -> int:
             registered = device is None
             if device is None:
                 device = service.register_device(session, data=DeviceIn(serial=args.serial, model=args.model))
-            dc09.set_account(session, device=device, account=args.account, key=key, cipher=cipher)
+            apply(session, device)
             if args.supervision_s:
                 device.heartbeat_interval_s = args.supervision_s
-            interval = device.heartbeat_interval_s
+            return registered, device.heartbeat_interval_s
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
     finally:
         db.engine.dispose()
-    print(f"device {args.serial}: {'registered, ' if registered else ''}DC-09 account {args.account.upper()}, "
-          f"{f'AES-{len(key) * 8} key stored encrypted' if key else 'no key (unencrypted frames)'}; "
-          f"link tests expected every {interval} s")
-    return 0
 
 
 def _wait_for_signal() -> None:

@@ -14,6 +14,7 @@ DEFAULT_DATA_DIR = Path("data")
 DEFAULT_PASSWORDS = frozenset({"alarmcentre", "postgres", "password", "changeme", "secret"})
 EMBEDDED_BROKER_PORT = 18830  # not 1883: a system Mosquitto often listens there already
 DC09_PORT = 12128  # the SIA DC-09 receiver's default (panels are told it by the installer)
+SCAIP_PORT = 5060  # SIP's own port: SCAIP devices are SIP user agents
 
 
 class Settings(BaseSettings):
@@ -124,6 +125,16 @@ class Settings(BaseSettings):
     dc09_allow_unencrypted: bool | None = Field(
         None, description="take frames of DC-09 accounts that have no AES key (anyone who knows the account number "
         "can forge them); unset: yes, except under ALARMCENTRE_ENV=production")
+    # The SCAIP receiver (alarmcentre/receivers; docs/scaip.md): SIP over TCP and UDP on one port.
+    scaip_host: str = Field("127.0.0.1", description="address the SCAIP receiver listens on (0.0.0.0: every one)")
+    scaip_port: int = Field(SCAIP_PORT, ge=0, le=65535,
+                            description="SCAIP receiver port, TCP and UDP (0: a free one); `up` takes a free one "
+                            "when this one is taken")
+    scaip_realm: str = Field("alarmcentre", min_length=1, max_length=64, pattern=r'^[^"\\]+$',
+                             description="the SIP digest realm SCAIP devices answer the challenge for")
+    scaip_allow_unauthenticated: bool | None = Field(
+        None, description="take messages of SCAIP devices that have no password (anyone who knows the cid can "
+        "forge them); unset: yes, except under ALARMCENTRE_ENV=production")
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -159,6 +170,12 @@ class Settings(BaseSettings):
     def dc09_unencrypted_allowed(self) -> bool:
         if self.dc09_allow_unencrypted is not None:
             return self.dc09_allow_unencrypted
+        return self.env != "production"
+
+    @property
+    def scaip_unauthenticated_allowed(self) -> bool:
+        if self.scaip_allow_unauthenticated is not None:
+            return self.scaip_allow_unauthenticated
         return self.env != "production"
 
     def resolved_database_url(self) -> str:

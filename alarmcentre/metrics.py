@@ -106,6 +106,14 @@ DC09_ANSWERS = Counter(
     "alarmcentre_dc09_answers_total",
     "DC-09 frames by answer (ack, nak, duh, none) and reason (ok, or the dead letter's reason)", ["answer", "reason"])
 
+# The SCAIP receiver (alarmcentre/receivers; docs/scaip.md).
+SCAIP_MESSAGES_RECEIVED = Counter("alarmcentre_scaip_messages_received_total", "SIP requests received by the SCAIP "
+                                  "receiver", ["transport"])
+SCAIP_ANSWERS = Counter(
+    "alarmcentre_scaip_answers_total",
+    "SCAIP requests by answer (the <mrs> status number 0-7, or the SIP status 401/403/405, or none) and reason "
+    "(ok, or the dead letter's reason)", ["answer", "reason"])
+
 # Voice calls through Twilio (alarmcentre/voice; docs/voice.md).
 VOICE_CALLS = Counter("alarmcentre_voice_calls_total",
                       "Calls: incoming by caller (client, device, unknown), placed for operators by purpose",

@@ -139,6 +139,7 @@ class Centre:
         self.app: Any = None
         self.publisher: Any = None
         self.dc09: Any = None  # the SIA DC-09 receiver (docs/dc09.md); .port is where panels connect
+        self.scaip: Any = None  # the SCAIP receiver (docs/scaip.md); .port is where devices send
         # Readiness checks of every part; a part added later (the canary) adds its own with one call.
         self.health = HealthChecks()
         self._stack: list[tuple[str, Any]] = []
@@ -180,6 +181,7 @@ class Centre:
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
         self._start_dc09(db)
+        self._start_scaip(db)
         self.health.add("database", database_check(db.sessions))
         for name, check in ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s).items():
             self.health.add(name, check)
@@ -203,6 +205,22 @@ class Centre:
         receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
         self.dc09 = background_dc09_server(receiver, host=settings.dc09_host, port=port).start()
         self._stack.append(("dc09 receiver", self.dc09.stop))
+
+    def _start_scaip(self, db: Database) -> None:
+        """SCAIP devices on settings.scaip_port, or on a free port when another process holds that one."""
+        from alarmcentre.clients.access import AccessCipher
+        from alarmcentre.receivers.scaip import ScaipReceiver
+        from alarmcentre.receivers.scaip_server import background_scaip_server
+        from alarmcentre.receivers.server import port_is_free
+
+        settings = self.settings
+        port = settings.scaip_port
+        if port and not port_is_free(settings.scaip_host, port):
+            log.warning("scaip: port %d is taken; the SCAIP receiver takes a free port (see the banner)", port)
+            port = 0
+        receiver = ScaipReceiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
+        self.scaip = background_scaip_server(receiver, host=settings.scaip_host, port=port).start()
+        self._stack.append(("scaip receiver", self.scaip.stop))
 
     def device_url(self, serial: str) -> str:
         """The embedded broker's URL with one device's own login."""
@@ -260,6 +278,9 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
         if centre.dc09 is not None:
             lines.append(f"  DC-09 panels: tcp and udp {settings.dc09_host}:{centre.dc09.port} "
                          "(accounts: alarmcentre devices dc09)")
+        if centre.scaip is not None:
+            lines.append(f"  SCAIP devices: SIP over tcp and udp {settings.scaip_host}:{centre.scaip.port} "
+                         "(identities: alarmcentre devices scaip)")
         if centre.device_address:
             creds = BrokerCredentials.path(settings.data_dir)
             lines.append(f"  devices connect to: {centre.device_address}, each as its serial "

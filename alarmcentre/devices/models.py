@@ -63,6 +63,10 @@ class Device(Base):
     # access key (docs/dc09.md); NULL for MQTT devices.
     dc09_account: Mapped[str | None] = mapped_column(String(16), unique=True)
     dc09_key_ciphertext: Mapped[str | None] = mapped_column(Text)
+    # A SCAIP device's controller id (its <cid>) and SIP digest password, encrypted with the access key
+    # (docs/scaip.md); NULL for the others.
+    scaip_cid: Mapped[str | None] = mapped_column(String(32), unique=True)
+    scaip_password_ciphertext: Mapped[str | None] = mapped_column(Text)
     # The SIM's phone number (E.164) of a device that can call: its call reaches the client's incident.
     sim_number: Mapped[str | None] = mapped_column(String(32), index=True)
 

@@ -21,6 +21,7 @@ class TaskKind(StrEnum):
     MONTHLY_TEST_REMINDER = "monthly_test_reminder"
     MISSED_VISIT = "missed_visit"  # a planned home-care visit has no arrival: call the worker, then the client
     DC09_UNMAPPED_CODE = "dc09_unmapped_code"  # a DC-09 panel sent a code the centre does not map: find out why
+    SCAIP_UNMAPPED_CODE = "scaip_unmapped_code"  # likewise a SCAIP device (docs/scaip.md)
 
 
 class TaskStatus(StrEnum):

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from alarmcentre.receivers.scaip_server import background_scaip_server
 from alarmcentre.receivers.server import BackgroundReceiver
 from alarmcentre.runtime import Database
 from alarmcentre.tasks.models import OperatorTask, TaskKind
+from tests.conftest import free_port, wait_for_port
 from tests.factories import Clock, count_rows, make_client, make_device
 from tests.scaip_device import Device as ScaipDevice
 from tests.scaip_device import mrq, read_tcp_responses
@@ -309,18 +311,49 @@ def test_a_device_without_a_password_is_refused_in_production_unless_allowed(sql
     assert count_rows(sqlite_db, Incident) == 1
 
 
-def test_the_cli_gives_a_device_its_identity_and_refuses_one_without_a_password_in_production(
-        tmp_path: Path) -> None:
+def test_the_cli_refuses_a_device_without_a_password_in_production(tmp_path: Path) -> None:
     env = {**os.environ, "ALARMCENTRE_ENV": "production", "ALARMCENTRE_DATA_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "alarmcentre.cli", "devices", "scaip", "UNIT-1", "--cid", "1234"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode != 0 and "without a password is refused" in run.stderr, run
-    env = {**os.environ, "ALARMCENTRE_DATA_DIR": str(tmp_path)}
-    for command in (["db", "upgrade"], ["devices", "scaip", "UNIT-1", "--cid", "1234", "--password-file",
-                                        str(tmp_path / "password"), "--supervision-s", "3600"]):
-        (tmp_path / "password").write_text("unit one's password\n")
-        run = subprocess.run([sys.executable, "-m", "alarmcentre.cli", *command], capture_output=True, text=True,
-                             timeout=60, env=env)
-        assert run.returncode == 0, run
-    assert "registered, SCAIP cid 1234, SIP digest password stored encrypted" in run.stdout
-    assert "every 3600 s" in run.stdout
+
+
+@pytest.mark.needs_true_clock
+def test_devices_scaip_then_receive_scaip_answers_a_committed_alarm_and_rotation_keeps_the_password(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.sqlite3'}"
+    common = ("--data-dir", str(tmp_path), "--database-url", url)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "alarmcentre.cli", *args, *common], capture_output=True,
+                              text=True, timeout=60)
+
+    (tmp_path / "password").write_text("unit one's password\n")
+    done = cli("devices", "scaip", "UNIT-1", "--cid", "1234", "--password-file", str(tmp_path / "password"),
+               "--supervision-s", "3600")
+    assert done.returncode == 0, done.stderr
+    assert "registered, SCAIP cid 1234, SIP digest password stored encrypted" in done.stdout
+    assert "every 3600 s" in done.stdout and "unit one" not in done.stdout
+    clash = cli("devices", "scaip", "UNIT-2", "--cid", "1234")
+    assert clash.returncode == 2 and "belongs to device UNIT-1" in clash.stderr
+    assert cli("keys", "rotate").returncode == 0  # the password is encrypted again with the new key
+
+    port, metrics_port = free_port(), free_port()
+    log = (tmp_path / "scaip.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "alarmcentre.cli", "receive-scaip", "--port", str(port),
+                                "--metrics-port", str(metrics_port), *common], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for_port(port, 20), (tmp_path / "scaip.log").read_text()
+        answer = ScaipDevice(port=port, cid="1234", password="unit one's password").send(mrq("x1", "1234"))
+        assert answer is not None and (answer.status, answer.tag("snu")) == (200, "0")
+        db = Database.open(Settings(data_dir=tmp_path, database_url=url), upgrade=False)
+        with db.sessions() as session:
+            assert [e.type for e in session.scalars(select(DeviceEvent))] == ["button_press"]
+        db.engine.dispose()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'alarmcentre_scaip_answers_total{answer="0",reason="ok"} 1.0' in metrics
+        assert 'alarmcentre_scaip_answers_total{answer="401",reason="challenge"} 1.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()

@@ -97,14 +97,16 @@ def rotate_key(session: Session, cipher: MultiFernet) -> int:
         except InvalidToken as exc:
             raise AccessKeyError(f"the access information of client {row.client_id} cannot be decrypted with "
                                  "any of the keys given: nothing was changed") from exc
-    from alarmcentre.devices.models import Device  # the DC-09 panels' AES keys share the access key
+    from alarmcentre.devices.models import Device  # DC-09 keys and SCAIP passwords share the access key
 
-    for device in session.scalars(select(Device).where(Device.dc09_key_ciphertext.is_not(None)).with_for_update()):
-        try:
-            device.dc09_key_ciphertext = cipher.rotate(device.dc09_key_ciphertext.encode()).decode()
-        except InvalidToken as exc:
-            raise AccessKeyError(f"the DC-09 key of device {device.serial} cannot be decrypted with any of the "
-                                 "keys given: nothing was changed") from exc
+    secrets = ((Device.dc09_key_ciphertext, "the DC-09 key"), (Device.scaip_password_ciphertext, "the SCAIP password"))
+    for column, what in secrets:
+        for device in session.scalars(select(Device).where(column.is_not(None)).with_for_update()):
+            try:
+                setattr(device, column.key, cipher.rotate(getattr(device, column.key).encode()).decode())
+            except InvalidToken as exc:
+                raise AccessKeyError(f"{what} of device {device.serial} cannot be decrypted with any of the keys "
+                                     "given: nothing was changed") from exc
     return len(rows)
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -357,3 +358,61 @@ def test_devices_scaip_then_receive_scaip_answers_a_committed_alarm_and_rotation
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def test_the_simulator_is_a_scaip_unit_over_udp_and_tcp(sqlite_centre: Centre, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from alarmcentre_sim.cli import main as simulator
+
+    sqlite_centre.add_device("SCAIP-S1", "5151", "simulated unit password")
+    (tmp_path / "password").write_text("simulated unit password\n")
+    common = ["--port", str(sqlite_centre.port), "--password-file", str(tmp_path / "password")]
+    assert simulator(["scaip", "5151", *common, "--callback", "gsm:+37120000001"]) == 0
+    assert simulator(["scaip", "5151", *common, "--type", "heartbeat", "--transport", "tcp", "--count", "2",
+                      "--interval", "0"]) == 0
+    assert "2 of 2 heartbeat message(s) taken" in capsys.readouterr().err
+    assert [e.type for e in sqlite_centre.events("SCAIP-S1")] == ["button_press", "heartbeat", "heartbeat"]
+    # A wrong password: refused, and the simulator says so (exit 1).
+    (tmp_path / "password").write_text("not the password\n")
+    assert simulator(["scaip", "5151", *common]) == 1
+    assert "SIP 403" in capsys.readouterr().err
+
+
+def test_answers_lost_on_the_way_back_make_the_unit_resend_and_the_alarm_counts_once(sqlite_centre: Centre) -> None:
+    """Fault: the network drops the receiver's first two answers. The unit resends the same request
+    (SIP timer E) and the third answer arrives: one event, one incident."""
+    from alarmcentre_sim.scaip import ScaipUnit
+    from alarmcentre_sim.scaip import mrq as sim_mrq
+
+    sqlite_centre.add_device("SCAIP-L1", "6161")
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.settimeout(5)
+    dropped: list[bytes] = []
+
+    def forward() -> None:
+        while True:
+            try:
+                data, unit = relay.recvfrom(65535)
+            except OSError:
+                return
+            upstream.sendto(data, ("127.0.0.1", sqlite_centre.port))
+            answer, _ = upstream.recvfrom(65535)
+            if len(dropped) < 2:
+                dropped.append(answer)  # lost on the way back
+            else:
+                relay.sendto(answer, unit)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        answer = ScaipUnit("127.0.0.1", relay.getsockname()[1], "6161").send(
+            sim_mrq(ref="lost-1", cid="6161", kind="alarm"))
+    finally:
+        relay.close()
+        upstream.close()
+    assert answer.taken and answer.sends == 3 and len(dropped) == 2
+    assert all(b"<snu>0</snu>" in lost for lost in dropped)  # each copy was committed-or-known before its answer
+    assert [e.type for e in sqlite_centre.events("SCAIP-L1")] == ["button_press"]
+    assert count_rows(sqlite_centre.db, Incident) == 1

@@ -33,6 +33,9 @@ from .connection import (
 )
 from .device import press_once
 from .fleet import DEFAULT_CONNECT_BATCH, Fleet, own_loop_executor
+from .scaip import MESSAGES as SCAIP_MESSAGES
+from .scaip import ScaipError, ScaipUnit
+from .scaip import mrq as scaip_mrq
 from .scenario import ScenarioError, Step, load_scenario, run_scenario
 from .stats import Console, Stats
 
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alarmcentre-sim",
         description="Simulated safety-button devices speaking device protocol v1 over MQTT.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,scenario,press}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,scenario,press,scaip}")
 
     run = sub.add_parser("run", parents=[common], help="run a fleet of devices",
                          description="Run N devices, each with its own MQTT connection and last will.")
@@ -153,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="publish retained 'offline' before disconnecting")
     press.add_argument("--client-id", default=None,
                        help="MQTT client id (default SERIAL-press-PID, so a running fleet is not kicked off)")
+
+    scaip = sub.add_parser("scaip", help="a SCAIP social alarm sends messages to the SCAIP receiver",
+                           description="Send SIP MESSAGEs with an <mrq> as a SCAIP unit does (docs/scaip.md): "
+                                       "answers the digest challenge, resends over UDP until answered (32 s). "
+                                       "Exit 0 when every message was taken (status number 0).")
+    scaip.add_argument("cid", help="the unit's controller id (alarmcentre devices scaip SERIAL --cid CID)")
+    scaip.add_argument("--type", choices=sorted(SCAIP_MESSAGES), default="alarm",
+                       help="alarm (ME 0010), cancel (RE), heartbeat (PI) or info (IN); default alarm")
+    scaip.add_argument("--stc", help="status code instead of the type's own (e.g. 0067 for an unmapped alarm)")
+    scaip.add_argument("--host", default="127.0.0.1", help="the receiver's address (default 127.0.0.1)")
+    scaip.add_argument("--port", type=int, default=5060,
+                       help="the receiver's port (default 5060; the demo's banner says which)")
+    scaip.add_argument("--transport", choices=["udp", "tcp"], default="udp", help="default udp")
+    scaip.add_argument("--password-file", help="file holding the unit's SIP password (none: no authentication)")
+    scaip.add_argument("--callback", help="where the unit takes a call, e.g. gsm:+37120000000 (its <crd>)")
+    scaip.add_argument("--count", type=_positive_int, default=1, help="messages to send (default 1)")
+    scaip.add_argument("--interval", type=_non_negative, default=1.0, metavar="SECONDS",
+                       help="pause between messages (default 1)")
+    scaip.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     return parser
 
 
@@ -280,6 +302,40 @@ async def _cmd_press(args: argparse.Namespace, broker: BrokerAddress, console: C
     return EXIT_OK if ok and stats.total_failed == 0 else EXIT_FAILED
 
 
+def _cmd_scaip(args: argparse.Namespace, console: Console) -> int:
+    import secrets
+    import time
+    from pathlib import Path
+
+    try:
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+    except OSError as exc:
+        print(f"alarmcentre-sim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    unit = ScaipUnit(args.host, args.port, args.cid, password, transport=args.transport)
+    taken = 0
+    try:
+        for number in range(args.count):
+            if number:
+                time.sleep(args.interval)
+            ref = secrets.token_hex(6)
+            try:
+                answer = unit.send(scaip_mrq(ref=ref, cid=args.cid, kind=args.type, stc=args.stc,
+                                             callback=args.callback))
+            except ScaipError as exc:
+                console.note(f"{args.cid}: {args.type} {ref}: {exc}")
+                continue
+            taken += answer.taken
+            if args.verbose or not answer.taken:
+                console.note(f"{args.cid}: {args.type} {ref}: SIP {answer.status}, status number {answer.snu}"
+                             + (f" ({answer.text})" if answer.text else "")
+                             + (f", sent {answer.sends} times" if answer.sends > 1 else ""))
+    finally:
+        unit.close()
+    console.note(f"{args.cid}: {taken} of {args.count} {args.type} message(s) taken by the receiver")
+    return EXIT_OK if taken == args.count else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -287,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mqtt").setLevel(logging.WARNING)  # paho's packet log is not for testers
     console = Console(verbose=args.verbose)
+    if args.command == "scaip":  # no broker: SIP to the SCAIP receiver
+        return _cmd_scaip(args, console)
     commands = {"run": _cmd_run, "scenario": _cmd_scenario, "press": _cmd_press}
     # Everything that can be checked without a broker is checked first (exit 2).
     try:

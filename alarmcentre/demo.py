@@ -94,8 +94,22 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Mu
             session.flush()
             # Assigned the way a technician assigns one, so its page shows who has had it since when.
             assign_device(session, device=device, client_id=client.id, reason="demo")
+        _demo_scaip_unit(session, serials)
     log.info("demo data ready: %d devices", len(serials))
     return serials
+
+
+DEMO_SCAIP_CID = "1001"
+
+
+def _demo_scaip_unit(session: Session, serials: list[str]) -> None:
+    """The first demo device also answers as a SCAIP unit (cid 1001, no password: the demo is not production),
+    so a tester can send it alarms with `alarmcentre-sim scaip 1001` (docs/scaip.md)."""
+    if not serials or session.scalar(select(Device).where(Device.scaip_cid.is_not(None))) is not None:
+        return
+    device = session.scalar(select(Device).where(Device.serial == serials[0]))
+    if device is not None:
+        device.scaip_cid = DEMO_SCAIP_CID
 
 
 def _demo_resources(session: Session, municipality_id: int) -> tuple[SharedResource, SharedResource]:

@@ -281,6 +281,10 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
         if centre.scaip is not None:
             lines.append(f"  SCAIP devices: SIP over tcp and udp {settings.scaip_host}:{centre.scaip.port} "
                          "(identities: alarmcentre devices scaip)")
+            if demo:
+                from alarmcentre.demo import DEMO_SCAIP_CID
+
+                lines.append(f"    a SCAIP alarm: alarmcentre-sim scaip {DEMO_SCAIP_CID} --port {centre.scaip.port}")
         if centre.device_address:
             creds = BrokerCredentials.path(settings.data_dir)
             lines.append(f"  devices connect to: {centre.device_address}, each as its serial "

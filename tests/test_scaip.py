@@ -416,3 +416,17 @@ def test_answers_lost_on_the_way_back_make_the_unit_resend_and_the_alarm_counts_
     assert all(b"<snu>0</snu>" in lost for lost in dropped)  # each copy was committed-or-known before its answer
     assert [e.type for e in sqlite_centre.events("SCAIP-L1")] == ["button_press"]
     assert count_rows(sqlite_centre.db, Incident) == 1
+
+
+def test_the_demos_first_device_answers_as_a_scaip_unit(sqlite_centre: Centre) -> None:
+    from alarmcentre.demo import DEMO_SCAIP_CID, seed_demo
+
+    serials = seed_demo(sqlite_centre.db.sessions, devices=2)
+    seed_demo(sqlite_centre.db.sessions, devices=2)  # again at the next start: nothing changes
+    answer = ScaipDevice(port=sqlite_centre.port, cid=DEMO_SCAIP_CID).send(mrq("d1", DEMO_SCAIP_CID))
+    assert answer is not None and answer.tag("snu") == "0"
+    first = sqlite_centre.device(serials[0])
+    assert first.scaip_cid == DEMO_SCAIP_CID and sqlite_centre.device(serials[1]).scaip_cid is None
+    with sqlite_centre.db.sessions() as session:
+        incident = session.scalar(select(Incident))
+        assert incident is not None and incident.client_id == first.client_id

@@ -99,17 +99,20 @@ def seed_demo(factory: sessionmaker[Session], *, devices: int, access_cipher: Mu
     return serials
 
 
-DEMO_SCAIP_CID = "1001"
+DEMO_SCAIP_CID = DEMO_DC09_ACCOUNT = "1001"
 
 
 def _demo_scaip_unit(session: Session, serials: list[str]) -> None:
-    """The first demo device also answers as a SCAIP unit (cid 1001, no password: the demo is not production),
-    so a tester can send it alarms with `alarmcentre-sim scaip 1001` (docs/scaip.md)."""
-    if not serials or session.scalar(select(Device).where(Device.scaip_cid.is_not(None))) is not None:
+    """The first demo device also answers as a SCAIP unit (cid 1001, no password) and a DC-09 panel (account
+    1001, no key): the demo is not production. A tester sends it alarms with `alarmcentre-sim scaip 1001` or
+    `alarmcentre-sim dc09 1001` (docs/scaip.md, docs/dc09.md)."""
+    device = session.scalar(select(Device).where(Device.serial == serials[0])) if serials else None
+    if device is None:
         return
-    device = session.scalar(select(Device).where(Device.serial == serials[0]))
-    if device is not None:
+    if session.scalar(select(Device).where(Device.scaip_cid.is_not(None))) is None:
         device.scaip_cid = DEMO_SCAIP_CID
+    if session.scalar(select(Device).where(Device.dc09_account.is_not(None))) is None:
+        device.dc09_account = DEMO_DC09_ACCOUNT
 
 
 def _demo_resources(session: Session, municipality_id: int) -> tuple[SharedResource, SharedResource]:

@@ -278,6 +278,10 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
         if centre.dc09 is not None:
             lines.append(f"  DC-09 panels: tcp and udp {settings.dc09_host}:{centre.dc09.port} "
                          "(accounts: alarmcentre devices dc09)")
+            if demo:
+                from alarmcentre.demo import DEMO_DC09_ACCOUNT
+
+                lines.append(f"    a DC-09 alarm: alarmcentre-sim dc09 {DEMO_DC09_ACCOUNT} --port {centre.dc09.port}")
         if centre.scaip is not None:
             lines.append(f"  SCAIP devices: SIP over tcp and udp {settings.scaip_host}:{centre.scaip.port} "
                          "(identities: alarmcentre devices scaip)")

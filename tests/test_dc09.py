@@ -391,3 +391,23 @@ def test_the_cli_refuses_an_account_without_a_key_in_production(tmp_path: Path) 
     run = subprocess.run([sys.executable, "-m", "alarmcentre.cli", "devices", "dc09", "PANEL-9", "--account", "1234"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode != 0 and "without a key is refused" in run.stderr, run
+
+
+def test_the_simulator_is_a_dc09_panel_over_tcp_and_udp(sqlite_centre: Centre, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from alarmcentre_sim.cli import main as simulator
+
+    sqlite_centre.add_panel("PANEL-S1", "5A5A", KEY)
+    (tmp_path / "panel.key").write_text(KEY.decode())
+    common = ["5a5a", "--port", str(sqlite_centre.port), "--key-file", str(tmp_path / "panel.key"),
+              "--key-format", "ascii"]
+    assert simulator(["dc09", *common]) == 0
+    for kind in ("low-battery", "mains-lost", "link-test"):
+        assert simulator(["dc09", *common, "--type", kind, "--transport", "udp"]) == 0
+    assert "1 of 1 link-test frame(s) acknowledged" in capsys.readouterr().err
+    assert [e.type for e in sqlite_centre.events("PANEL-S1")] == ["button_press", "battery", "power_lost",
+                                                                  "heartbeat"]
+    # The wrong key: NAK, reported, exit 1.
+    (tmp_path / "panel.key").write_text("FEDCBA9876543210")
+    assert simulator(["dc09", *common]) == 1
+    assert "NAK" in capsys.readouterr().err

@@ -427,6 +427,7 @@ def test_the_demos_first_device_answers_as_a_scaip_unit(sqlite_centre: Centre) -
     assert answer is not None and answer.tag("snu") == "0"
     first = sqlite_centre.device(serials[0])
     assert first.scaip_cid == DEMO_SCAIP_CID and sqlite_centre.device(serials[1]).scaip_cid is None
+    assert first.dc09_account == "1001" and first.dc09_key_ciphertext is None  # and a DC-09 panel
     with sqlite_centre.db.sessions() as session:
         incident = session.scalar(select(Incident))
         assert incident is not None and incident.client_id == first.client_id

@@ -31,6 +31,8 @@ from .connection import (
     raise_open_file_limit,
     serials,
 )
+from .dc09 import EVENTS as DC09_EVENTS
+from .dc09 import Dc09Panel
 from .device import press_once
 from .fleet import DEFAULT_CONNECT_BATCH, Fleet, own_loop_executor
 from .scaip import MESSAGES as SCAIP_MESSAGES
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alarmcentre-sim",
         description="Simulated safety-button devices speaking device protocol v1 over MQTT.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,scenario,press,scaip}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,scenario,press,scaip,dc09}")
 
     run = sub.add_parser("run", parents=[common], help="run a fleet of devices",
                          description="Run N devices, each with its own MQTT connection and last will.")
@@ -175,6 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     scaip.add_argument("--interval", type=_non_negative, default=1.0, metavar="SECONDS",
                        help="pause between messages (default 1)")
     scaip.add_argument("-v", "--verbose", action="store_true", help="print every answer")
+
+    dc09 = sub.add_parser("dc09", help="a SIA DC-09 alarm panel sends events to the DC-09 receiver",
+                          description="Send SIA DCS frames as a DC-09 panel does (docs/dc09.md), encrypted with "
+                                      "--key-file; the same frame again when no answer comes (3 tries). "
+                                      "Exit 0 when every frame was ACKed.")
+    dc09.add_argument("account", help="the panel's account number (alarmcentre devices dc09 SERIAL --account N)")
+    dc09.add_argument("--type", choices=sorted(DC09_EVENTS), default="alarm",
+                      help="alarm (MA), cancel (OC), link-test (NULL), periodic-test (RP), low-battery (YT), "
+                           "mains-lost (AT), mains-back (AR); default alarm")
+    dc09.add_argument("--host", default="127.0.0.1", help="the receiver's address (default 127.0.0.1)")
+    dc09.add_argument("--port", type=int, default=12128,
+                      help="the receiver's port (default 12128; the demo's banner says which)")
+    dc09.add_argument("--transport", choices=["tcp", "udp"], default="tcp", help="default tcp")
+    dc09.add_argument("--key-file", help="file holding the panel's AES key (none: unencrypted frames)")
+    dc09.add_argument("--key-format", choices=["hex", "ascii"], default="hex",
+                      help="hex: 32/48/64 hex digits (default); ascii: the 16/24/32 characters are the key")
+    dc09.add_argument("--count", type=_positive_int, default=1, help="frames to send (default 1)")
+    dc09.add_argument("--interval", type=_non_negative, default=1.0, metavar="SECONDS",
+                      help="pause between frames (default 1)")
+    dc09.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     return parser
 
 
@@ -336,6 +358,32 @@ def _cmd_scaip(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if taken == args.count else EXIT_FAILED
 
 
+def _cmd_dc09(args: argparse.Namespace, console: Console) -> int:
+    import time
+    from pathlib import Path
+
+    from alarmcentre.receivers.dc09 import parse_key
+
+    try:
+        key = parse_key(Path(args.key_file).read_text(), args.key_format) if args.key_file else None
+    except (OSError, ValueError) as exc:
+        print(f"alarmcentre-sim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    panel = Dc09Panel(args.host, args.port, args.account.upper(), key, transport=args.transport)
+    taken = 0
+    for number in range(args.count):
+        if number:
+            time.sleep(args.interval)
+        answer = panel.send(args.type)
+        taken += answer.taken
+        if args.verbose or not answer.taken:
+            console.note(f"{panel.account}: {args.type} {panel.sequence:04d}: "
+                         + (f"{answer.kind} ({answer.text})" if answer.kind else "no answer")
+                         + (f", sent {answer.sends} times" if answer.sends > 1 else ""))
+    console.note(f"{panel.account}: {taken} of {args.count} {args.type} frame(s) acknowledged by the receiver")
+    return EXIT_OK if taken == args.count else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -345,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(verbose=args.verbose)
     if args.command == "scaip":  # no broker: SIP to the SCAIP receiver
         return _cmd_scaip(args, console)
+    if args.command == "dc09":  # no broker: frames to the DC-09 receiver
+        return _cmd_dc09(args, console)
     commands = {"run": _cmd_run, "scenario": _cmd_scenario, "press": _cmd_press}
     # Everything that can be checked without a broker is checked first (exit 2).
     try:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,15 @@ class Centre:
                 log.exception("stopping %s failed", name)
 
 
+def installed_command(name: str) -> str:
+    """How to type one of the package's commands: its path beside this interpreter (a virtualenv's bin/,
+    not on PATH unless activated), or the bare name when it is not there."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists() and shutil.which(name) != str(beside):
+        return str(beside)
+    return name
+
+
 def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int = 0, press_rate: float = 0.0) -> int:
     """`alarmcentre up` / `demo`: every part in this process, stopped together on Ctrl-C."""
     import uvicorn
@@ -271,6 +281,7 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
             fleet = start_demo_fleet(centre.device_address, centre.device_passwords, serials, press_rate=press_rate)
             centre.on_stop("simulator", fleet.stop)
         base = f"http://{settings.api_host}:{settings.api_port}"
+        sim = installed_command("alarmcentre-sim")
         lines = [f"alarmcentre {'demo ' if demo else ''}is starting",
                  f"  dashboard:  {base}/", f"  API docs:   {base}/docs", f"  metrics:    {base}/metrics",
                  f"  health:     {base}/healthz (alive), {base}/readyz (every part working)",
@@ -281,19 +292,19 @@ def run_all_in_one(settings: Settings, *, demo: bool = False, demo_devices: int 
             if demo:
                 from alarmcentre.demo import DEMO_DC09_ACCOUNT
 
-                lines.append(f"    a DC-09 alarm: alarmcentre-sim dc09 {DEMO_DC09_ACCOUNT} --port {centre.dc09.port}")
+                lines.append(f"    a DC-09 alarm: {sim} dc09 {DEMO_DC09_ACCOUNT} --port {centre.dc09.port}")
         if centre.scaip is not None:
             lines.append(f"  SCAIP devices: SIP over tcp and udp {settings.scaip_host}:{centre.scaip.port} "
                          "(identities: alarmcentre devices scaip)")
             if demo:
                 from alarmcentre.demo import DEMO_SCAIP_CID
 
-                lines.append(f"    a SCAIP alarm: alarmcentre-sim scaip {DEMO_SCAIP_CID} --port {centre.scaip.port}")
+                lines.append(f"    a SCAIP alarm: {sim} scaip {DEMO_SCAIP_CID} --port {centre.scaip.port}")
         if centre.device_address:
             creds = BrokerCredentials.path(settings.data_dir)
             lines.append(f"  devices connect to: {centre.device_address}, each as its serial "
                          f"(passwords in {creds})")
-            lines.append(f"  simulator:  alarmcentre-sim press DEMO-0001 --url {centre.device_address} "
+            lines.append(f"  simulator:  {sim} press DEMO-0001 --url {centre.device_address} "
                          f"--credentials {creds}")
         if demo:
             from alarmcentre.demo import DEMO_USERS

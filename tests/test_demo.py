@@ -45,3 +45,15 @@ def test_alarmcentre_demo_on_a_real_data_directory_stops_before_starting_anythin
     assert run.returncode == 2, run.stderr[-2000:]
     assert "holds clients that the demo did not make" in run.stderr
     assert not (tmp_path / "broker").exists() or not any((tmp_path / "broker").iterdir()), "a broker was started"
+
+
+def test_the_banner_names_the_simulator_by_a_path_that_works_without_an_activated_virtualenv(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from alarmcentre.runtime import installed_command
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the virtualenv's bin/ not on PATH, as after scripts/demo
+    command = installed_command("alarmcentre-sim")
+    assert Path(command).is_absolute() and Path(command).exists()
+    monkeypatch.setenv("PATH", f"{Path(command).parent}:/usr/bin")  # activated: the bare name works
+    assert installed_command("alarmcentre-sim") == "alarmcentre-sim"
+    assert installed_command("no-such-command") == "no-such-command"

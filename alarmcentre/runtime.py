@@ -181,8 +181,7 @@ class Centre:
         scheduler = build_scheduler(db.sessions, settings=settings, publisher=publisher)
         scheduler.start()
         self._stack.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
-        self._start_dc09(db)
-        self._start_scaip(db)
+        self._start_receivers(db)
         self.health.add("database", database_check(db.sessions))
         for name, check in ingest_checks(consumer, max_lag_s=settings.readiness_ingest_lag_s).items():
             self.health.add(name, check)
@@ -191,37 +190,31 @@ class Centre:
                               health_checks=self.health)
         return self
 
-    def _start_dc09(self, db: Database) -> None:
-        """DC-09 panels on settings.dc09_port, or on a free port when another process holds that one."""
+    def _start_receivers(self, db: Database) -> None:
+        """The DC-09 and SCAIP receivers on their configured ports, or on free ones when another process holds
+        those (the banner says which)."""
         from alarmcentre.clients.access import AccessCipher
         from alarmcentre.receivers.dc09 import Dc09Receiver
-        from alarmcentre.receivers.dc09_server import background_dc09_server
-        from alarmcentre.receivers.server import port_is_free
-
-        settings = self.settings
-        port = settings.dc09_port
-        if port and not port_is_free(settings.dc09_host, port):
-            log.warning("dc09: port %d is taken; the DC-09 receiver takes a free port (see the banner)", port)
-            port = 0
-        receiver = Dc09Receiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
-        self.dc09 = background_dc09_server(receiver, host=settings.dc09_host, port=port).start()
-        self._stack.append(("dc09 receiver", self.dc09.stop))
-
-    def _start_scaip(self, db: Database) -> None:
-        """SCAIP devices on settings.scaip_port, or on a free port when another process holds that one."""
-        from alarmcentre.clients.access import AccessCipher
+        from alarmcentre.receivers.dc09_server import dc09_server
         from alarmcentre.receivers.scaip import ScaipReceiver
-        from alarmcentre.receivers.scaip_server import background_scaip_server
-        from alarmcentre.receivers.server import port_is_free
+        from alarmcentre.receivers.scaip_server import scaip_server
+        from alarmcentre.receivers.server import BackgroundReceiver, port_is_free
 
         settings = self.settings
-        port = settings.scaip_port
-        if port and not port_is_free(settings.scaip_host, port):
-            log.warning("scaip: port %d is taken; the SCAIP receiver takes a free port (see the banner)", port)
-            port = 0
-        receiver = ScaipReceiver(db.sessions, settings=settings, cipher=AccessCipher(settings).get)
-        self.scaip = background_scaip_server(receiver, host=settings.scaip_host, port=port).start()
-        self._stack.append(("scaip receiver", self.scaip.stop))
+        cipher = AccessCipher(settings).get
+
+        def start(name: str, host: str, port: int, make: Any) -> BackgroundReceiver:
+            if port and not port_is_free(host, port):
+                log.warning("%s: port %d is taken; the receiver takes a free port (see the banner)", name, port)
+                port = 0
+            receiver = BackgroundReceiver(make(host=host, port=port)).start()
+            self._stack.append((f"{name} receiver", receiver.stop))
+            return receiver
+
+        self.dc09 = start("dc09", settings.dc09_host, settings.dc09_port, lambda **where: dc09_server(
+            Dc09Receiver(db.sessions, settings=settings, cipher=cipher), **where))
+        self.scaip = start("scaip", settings.scaip_host, settings.scaip_port, lambda **where: scaip_server(
+            ScaipReceiver(db.sessions, settings=settings, cipher=cipher), **where))
 
     def device_url(self, serial: str) -> str:
         """The embedded broker's URL with one device's own login."""

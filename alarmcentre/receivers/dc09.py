@@ -29,12 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import clock, metrics
 from alarmcentre.config import Settings
 from alarmcentre.db import error_reason, transaction
-from alarmcentre.deadletters.models import MAX_STORED_PAYLOAD, DeadLetter
 from alarmcentre.devices.models import Device, DeviceEvent
 from alarmcentre.incidents.models import Incident, TimelineKind
 from alarmcentre.incidents.service import append_timeline
 from alarmcentre.ingest.batch import process_batch
-from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
+from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, dead_letter
 from alarmcentre.ingest.protocol import ALARM_LANE_TYPES, alarms_topic, events_topic
 from alarmcentre.receivers import dc09_frame as wire
 from alarmcentre.receivers.dc09_codes import NotUnderstood, Signal, signals
@@ -283,6 +282,5 @@ class Dc09Receiver:
     @staticmethod
     def _dead_letter(session: Session, raw: bytes, account: str | None, serial: str | None, reason: str,
                      detail: str, now: datetime) -> None:
-        session.add(DeadLetter(received_at=now, topic=dead_letter_topic(account), device_serial=serial,
-                               reason=reason[:32], detail=detail[:1000], payload=raw[:MAX_STORED_PAYLOAD],
-                               payload_size=len(raw)))
+        dead_letter(session, message=InboundMessage(dead_letter_topic(account), raw, now), reason=reason[:32],
+                    detail=detail, device_serial=serial)

@@ -37,12 +37,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from alarmcentre import clock, metrics
 from alarmcentre.config import Settings
 from alarmcentre.db import error_reason, transaction
-from alarmcentre.deadletters.models import MAX_STORED_PAYLOAD, DeadLetter
 from alarmcentre.devices.models import Device, DeviceEvent
 from alarmcentre.incidents.models import Incident, TimelineKind
 from alarmcentre.incidents.service import append_timeline
 from alarmcentre.ingest.batch import process_batch
-from alarmcentre.ingest.processor import InboundMessage, Outcome, Result
+from alarmcentre.ingest.processor import InboundMessage, Outcome, Result, dead_letter
 from alarmcentre.ingest.protocol import ALARM_LANE_TYPES, alarms_topic, events_topic
 from alarmcentre.receivers import scaip_message as wire
 from alarmcentre.receivers.dedupe import retransmission_seq
@@ -318,9 +317,8 @@ class ScaipReceiver:
     @staticmethod
     def _dead_letter(session: Session, raw: bytes, cid: str | None, serial: str | None, reason: str,
                      detail: str, now: datetime) -> None:
-        session.add(DeadLetter(received_at=now, topic=dead_letter_topic(cid)[:200], device_serial=serial,
-                               reason=reason[:32], detail=detail[:1000], payload=raw[:MAX_STORED_PAYLOAD],
-                               payload_size=len(raw)))
+        dead_letter(session, message=InboundMessage(dead_letter_topic(cid), raw, now), reason=reason[:32],
+                    detail=detail, device_serial=serial)
 
 
 def _ref_in(body: bytes) -> str | None:

@@ -48,7 +48,7 @@ def queue_rows(session: Session) -> list[dict[str, Any]]:
     rows = incidents.queue(session)
     calling = voice.incidents_with_waiting_callers(session, [row.incident.id for row in rows])
     return [{"incident": row.incident, "client": row.client, "owner": row.owner, "serial": row.serial,
-             "alerts": row.alerts, "technical": row.incident.kind not in ALARM_KINDS,
+             "alerts": row.alerts, "cancelled": row.cancelled, "technical": row.incident.kind not in ALARM_KINDS,
              "caller_waiting": row.incident.id in calling}
             for row in rows]
 

@@ -392,6 +392,21 @@ def test_waiting_alarms_are_listed_for_every_page(centre: tuple) -> None:
     assert browser.http.get("/ui/alarms").json()["waiting"] == []
 
 
+def test_the_queue_shows_that_the_person_cancelled_on_the_device(centre: tuple) -> None:
+    db, settings, app, _c, incident_id = centre
+    browser = Browser(app)
+    browser.login("op-a")
+    assert 'data-testid="cancelled-on-device"' not in browser.http.get("/ui/queue").text
+    with transaction(db.sessions) as session:
+        result = process_message(session, message=message("DASH-1", 2, "cancel"), settings=settings)
+    assert result.incident_id == incident_id
+    page = browser.http.get("/ui/queue").text
+    row = page[page.index(f'data-id="{incident_id}"'):]
+    assert 'data-testid="cancelled-on-device"' in row[:row.index("</tr>")]
+    assert "Atcelts ierīcē" in row[:row.index("</tr>")]  # the operator's language (Latvian by default)
+    assert status_of(db, incident_id) is IncidentStatus.OPEN  # a cancel does not close it
+
+
 def test_a_shared_rendering_is_made_once_per_change(sqlite_db: Database) -> None:
     from alarmcentre_dashboard.live import SharedRendering
 

@@ -165,6 +165,7 @@ class QueueRow:
     owner: str | None  # the owner's full name, else the username
     serial: str | None
     alerts: int  # supervisor alerts on it so far
+    cancelled: bool = False  # the person pressed cancel on the device since (the incident stays open)
 
 
 def queue(session: Session) -> list[QueueRow]:
@@ -179,13 +180,16 @@ def queue(session: Session) -> list[QueueRow]:
         .order_by(Incident.priority, Incident.opened_at, Incident.id)
     ).all()
     ids = [incident.id for incident, *_ in rows]
-    alerts: dict[int, int] = {}
+    counts: dict[tuple[int, TimelineKind], int] = {}
     if ids:
-        alerts = {incident_id: count for incident_id, count in session.execute(
-            select(TimelineEntry.incident_id, func.count()).where(
-                TimelineEntry.incident_id.in_(ids), TimelineEntry.kind == TimelineKind.SUPERVISOR_ALERT)
-            .group_by(TimelineEntry.incident_id)).all()}
-    return [QueueRow(incident, client, owner_full or owner_name, serial, alerts.get(incident.id, 0))
+        counts = {(incident_id, kind): count for incident_id, kind, count in session.execute(
+            select(TimelineEntry.incident_id, TimelineEntry.kind, func.count()).where(
+                TimelineEntry.incident_id.in_(ids),
+                TimelineEntry.kind.in_((TimelineKind.SUPERVISOR_ALERT, TimelineKind.CANCEL)))
+            .group_by(TimelineEntry.incident_id, TimelineEntry.kind)).all()}
+    return [QueueRow(incident, client, owner_full or owner_name, serial,
+                     counts.get((incident.id, TimelineKind.SUPERVISOR_ALERT), 0),
+                     (incident.id, TimelineKind.CANCEL) in counts)
             for incident, client, owner_name, owner_full, serial in rows]
 
 

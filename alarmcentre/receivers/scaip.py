@@ -8,8 +8,9 @@ follows the commit:
 - 200 OK with `<mrs>` status number 0 only once the message's effect is committed;
 - 200 OK with another status number (too long, invalid format, mandatory tag missing, wrong data content)
   for what the centre refuses, each one also a dead letter on topic `scaip/<cid>`;
-- 401 with a digest challenge for a device with a password whose request carries no valid answer to one,
-  403 for a wrong password, a replayed authorisation or a device without a password where those are refused;
+- 401 with a digest challenge for a device with a password whose request carries no valid answer to one
+  (or one already used for another message), 403 for a wrong password or a device without a password where
+  those are refused;
 - no answer at all when the database cannot commit: the device resends (SIP over UDP resends for 32 s) or
   turns to its other way of raising the alarm.
 
@@ -70,7 +71,6 @@ class ScaipRefusal:
     UNKNOWN_DEVICE = "scaip_unknown_device"
     NOT_UNDERSTOOD = "scaip_not_understood"
     BAD_CREDENTIALS = "scaip_bad_credentials"
-    REPLAYED = "scaip_replayed_authorization"
     NO_PASSWORD = "scaip_device_without_password"
     EVENT_REFUSED = "scaip_event_refused"
 
@@ -236,9 +236,12 @@ class ScaipReceiver:
             self._refuse(raw, cid, device.serial, ScaipRefusal.BAD_CREDENTIALS, problem, now)
             return wire.build_response(request, 403), ("403", ScaipRefusal.BAD_CREDENTIALS)
         if not self._used.take(params, request.body):
-            self._refuse(raw, cid, device.serial, ScaipRefusal.REPLAYED,
-                         "a digest answer already used for another message", now)
-            return wire.build_response(request, 403), ("403", ScaipRefusal.REPLAYED)
+            # A replay carrying another body, or a unit that reuses its nonce without a nonce count: either
+            # way a fresh challenge, which only the password answers (a 403 would shut such a unit out).
+            log.warning("scaip: cid %s sent a digest answer already used for another message; challenged again",
+                        cid)
+            header = wire.challenge(realm, self._nonces.issue(), stale=True)
+            return wire.build_response(request, 401, extra=(("WWW-Authenticate", header),)), ("401", "reused")
         return None
 
     def _device(self, cid: str) -> _Device | None:

@@ -435,3 +435,18 @@ def test_the_demos_first_device_answers_as_a_scaip_unit(sqlite_centre: Centre) -
     with sqlite_centre.db.sessions() as session:
         incident = session.scalar(select(Incident))
         assert incident is not None and incident.client_id == first.client_id
+
+
+def test_a_new_password_shuts_the_old_one_out_at_the_next_message(sqlite_centre: Centre) -> None:
+    unit = sqlite_centre.add_device("SCAIP-R1", "7171", "the old password")
+    assert (answer := unit.send(mrq("o1", "7171"))) is not None and answer.tag("snu") == "0"
+    with transaction(sqlite_centre.db.sessions, writes=True) as session:
+        device = session.scalar(select(Device).where(Device.serial == "SCAIP-R1"))
+        assert device is not None
+        set_identity(session, device=device, cid="7171", password="the new password", cipher=sqlite_centre.cipher)
+    refused = unit.send(mrq("o2", "7171"))  # the stolen unit, still with the old password
+    assert refused is not None and refused.status == 403
+    assert sqlite_centre.dead_letters()[-1].reason == "scaip_bad_credentials"
+    unit.password = "the new password"
+    assert (answer := unit.send(mrq("o3", "7171"))) is not None and answer.tag("snu") == "0"
+    assert [e.details["scaip"]["tags"]["ref"] for e in sqlite_centre.events("SCAIP-R1")] == ["o1", "o3"]

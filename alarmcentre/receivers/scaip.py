@@ -26,6 +26,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,7 +119,8 @@ class _UsedAuthorizations:
 
     def __init__(self, ttl_s: int) -> None:
         self._ttl_s = ttl_s
-        self._seen: dict[tuple[str, str, str], tuple[str, float]] = {}
+        # In the order taken, so the expired ones are pruned from the front (not a scan of all of them).
+        self._seen: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, params: dict[str, str], body: bytes) -> bool:
@@ -126,8 +128,8 @@ class _UsedAuthorizations:
         body_digest = hashlib.sha256(body).hexdigest()
         now = time.monotonic()
         with self._lock:
-            for old in [k for k, (_, at) in self._seen.items() if now - at > self._ttl_s]:
-                del self._seen[old]
+            while self._seen and now - next(iter(self._seen.values()))[1] > self._ttl_s:
+                self._seen.popitem(last=False)
             seen = self._seen.get(key)
             if seen is not None:
                 return seen[0] == body_digest
